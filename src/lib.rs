@@ -1,0 +1,6 @@
+//! keel: a self-hosted reliability appliance in one binary.
+//!
+//! Layers, one way only: `http` → services (`audit`, `auth`, `metrics`, ...) → `store`.
+
+pub mod clock;
+pub mod store;

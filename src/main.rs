@@ -1,0 +1,2 @@
+//! keel binary.
+fn main() {}

@@ -1,0 +1,448 @@
+//! The store: one redb file, one writer thread with group commit, versioned records, migrations.
+//!
+//! Reads run on the blocking pool (or the caller's thread in the CLI); every write goes to the
+//! writer thread (see [`writer`]). No transaction is ever held across an `.await`.
+
+pub mod codec;
+pub mod tables;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, WriteTransaction};
+use tokio::sync::oneshot;
+
+pub use writer::CommitObserver;
+
+/// The schema version this keel writes. Files with a higher version are refused untouched.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Errors of the store room.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database file.
+    #[error("{path} is in use by another keel process (is `keel serve` running on this data dir?)")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The file was written by a newer keel.
+    #[error(
+        "{path} has schema version {found}, newer than this keel supports ({supported}); upgrade keel (the file was left untouched)"
+    )]
+    NewerSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Version found in the file.
+        found: u64,
+        /// Highest version this build knows.
+        supported: u64,
+    },
+    /// The file is a redb database that keel did not create.
+    #[error("{path} is not a keel database (it has tables but no schema version)")]
+    Foreign {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// Opening the file failed.
+    #[error("cannot open {path}: {reason}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt record in table {table} at key {key}: {reason}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Key of the bad record.
+        key: String,
+        /// Why decoding failed.
+        reason: String,
+    },
+    /// redb reported an error.
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A write request panicked; its writes were undone.
+    #[error("write request panicked: {0}")]
+    Panicked(String),
+    /// The writer thread has stopped (the store is closing).
+    #[error("the store is closed")]
+    WriterGone,
+}
+
+macro_rules! storage_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_errors!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError
+);
+
+/// Options for [`Store::open`].
+#[derive(Default)]
+pub struct StoreOptions {
+    /// Most write requests in one group commit (at least 1).
+    pub max_batch: usize,
+    /// Told about every commit (batch size and commit time), e.g. for metrics.
+    pub commit_observer: Option<CommitObserver>,
+}
+
+/// The open database and its writer thread.
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+    sender: mpsc::Sender<writer::Message>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, migrating it to [`SCHEMA_VERSION`].
+    ///
+    /// A file held by another process fails at once with [`StoreError::Locked`]; a file from a
+    /// newer keel fails with [`StoreError::NewerSchema`] and is not modified.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        if path.exists() {
+            check_schema_read_only(path)?;
+        }
+        let db = Database::create(path).map_err(|e| open_error(path, e))?;
+        migrate(&db, path)?;
+        let db = Arc::new(db);
+        let (sender, receiver) = mpsc::channel();
+        let writer_db = Arc::clone(&db);
+        let max_batch = options.max_batch.max(1);
+        let observer = options.commit_observer;
+        let writer = std::thread::Builder::new()
+            .name("keel-store-writer".into())
+            .spawn(move || writer::run(&writer_db, receiver, max_batch, observer))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                reason: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Store {
+            db,
+            path: path.to_path_buf(),
+            sender,
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database file's size in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether the writer thread is running.
+    pub fn is_writable(&self) -> bool {
+        self.writer
+            .lock()
+            .map(|w| w.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false)
+    }
+
+    fn submit<T, E, F>(&self, work: F) -> oneshot::Receiver<Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, receiver) = oneshot::channel();
+        let job = writer::Job {
+            work,
+            outcome: None,
+            reply,
+        };
+        if let Err(mpsc::SendError(writer::Message::Write(job))) =
+            self.sender.send(writer::Message::Write(Box::new(job)))
+        {
+            job.finish(Err(StoreError::WriterGone));
+        }
+        receiver
+    }
+
+    /// Runs `work` in a group-committed write transaction and returns its result once the
+    /// commit is durable.
+    ///
+    /// `work` may run more than once (when another request in its batch fails, the batch is
+    /// re-run without that one), so it must only touch the transaction.
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(work)
+            .await
+            .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
+    }
+
+    /// [`Store::write`] for synchronous callers (CLI, benchmarks, the blocking pool).
+    pub fn write_blocking<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(work)
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(E::from(StoreError::WriterGone)))
+    }
+
+    /// Runs `work` in a read transaction on the blocking pool.
+    pub async fn read<T, E, F>(self: &Arc<Self>, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&ReadTransaction) -> Result<T, E> + Send + 'static,
+    {
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.read_blocking(work))
+            .await
+            .unwrap_or_else(|e| Err(E::from(StoreError::Panicked(e.to_string()))))
+    }
+
+    /// Runs `work` in a read transaction on the calling thread.
+    pub fn read_blocking<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(&ReadTransaction) -> Result<T, E>,
+    {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        work(&tx)
+    }
+
+    /// Finishes queued writes and stops the writer thread. Later writes fail with
+    /// [`StoreError::WriterGone`]. The file is closed when the last handle is dropped.
+    pub fn close(&self) {
+        let (reply, done) = mpsc::channel();
+        if self.sender.send(writer::Message::Stop(reply)).is_ok() {
+            let _ = done.recv();
+        }
+        if let Some(handle) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_path_buf(),
+        },
+        other => StoreError::Open {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Reads the schema version without writing to the file, so a newer file stays untouched.
+fn check_schema_read_only(path: &Path) -> Result<(), StoreError> {
+    let db = match ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        // The file needs crash recovery, which only a writable open does; check after it.
+        Err(redb::DatabaseError::RepairAborted) => return Ok(()),
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let tx = db.begin_read()?;
+    check_version(path, read_version(&tx, path)?)
+}
+
+fn check_version(path: &Path, found: Option<u64>) -> Result<(), StoreError> {
+    match found {
+        Some(found) if found > SCHEMA_VERSION => Err(StoreError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The schema version in the file; `None` for an empty file; an error for a foreign one.
+fn read_version(tx: &ReadTransaction, path: &Path) -> Result<Option<u64>, StoreError> {
+    match tx.open_table(tables::META) {
+        Ok(meta) => Ok(meta.get(tables::META_SCHEMA_VERSION)?.map(|v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            if tx.list_tables()?.next().is_some() {
+                Err(StoreError::Foreign {
+                    path: path.to_path_buf(),
+                })
+            } else {
+                Ok(None)
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One step of the schema: migrates a file from version `n` to `n + 1`.
+type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
+
+/// `MIGRATIONS[n]` upgrades version `n` to `n + 1`; the last one reaches [`SCHEMA_VERSION`].
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_initial_tables];
+
+fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::META)?;
+    tx.open_table(tables::AUDIT_ENTRIES)?;
+    tx.open_table(tables::AUDIT_CHECKPOINTS)?;
+    tx.open_table(tables::API_KEYS)?;
+    tx.open_table(tables::METRIC_SNAPSHOTS)?;
+    Ok(())
+}
+
+fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let found = read_version(&db.begin_read()?, path)?;
+    check_version(path, found)?;
+    let mut version = found.unwrap_or(0);
+    while version < SCHEMA_VERSION {
+        let tx = db.begin_write()?;
+        MIGRATIONS[version as usize](&tx)?;
+        tx.open_table(tables::META)?
+            .insert(tables::META_SCHEMA_VERSION, version + 1)?;
+        tx.commit()?;
+        tracing::info!(from = version, to = version + 1, "migrated store schema");
+        version += 1;
+    }
+    Ok(())
+}
+
+/// Sets the stored schema version; only for tests that need a file from a "newer" keel.
+#[doc(hidden)]
+pub fn force_schema_version(path: &Path, version: u64) -> Result<(), StoreError> {
+    let db = Database::create(path).map_err(|e| open_error(path, e))?;
+    let tx = db.begin_write()?;
+    tx.open_table(tables::META)?
+        .insert(tables::META_SCHEMA_VERSION, version)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Reads the schema version of a store that is not open elsewhere (for `keel doctor`-style
+/// reporting and tests).
+pub fn schema_version_of(path: &Path) -> Result<Option<u64>, StoreError> {
+    let db = ReadOnlyDatabase::open(path).map_err(|e| open_error(path, e))?;
+    let tx = db.begin_read()?;
+    read_version(&tx, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(
+            &dir.join("keel.redb"),
+            StoreOptions {
+                max_batch: 64,
+                commit_observer: None,
+            },
+        )
+        .unwrap()
+    }
+
+    const T: redb::TableDefinition<u64, u64> = tables::BENCH_RECORDS_TEST;
+
+    #[test]
+    fn a_failing_request_does_not_undo_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        let handles: Vec<_> = (0..200u64)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    store.write_blocking(move |tx| -> Result<u64, StoreError> {
+                        tx.open_table(T)?.insert(i, i * 10)?;
+                        if i % 7 == 0 {
+                            return Err(StoreError::Storage(format!("request {i} refused")));
+                        }
+                        Ok(i)
+                    })
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let result = h.join().unwrap();
+            assert_eq!(result.is_err(), i % 7 == 0, "request {i}: {result:?}");
+        }
+        store
+            .read_blocking(|tx| -> Result<(), StoreError> {
+                let t = tx.open_table(T)?;
+                for i in 0..200u64 {
+                    let got = t.get(i)?.map(|v| v.value());
+                    let want = (i % 7 != 0).then_some(i * 10);
+                    assert_eq!(got, want, "key {i}");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_panicking_request_is_an_error_and_the_writer_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let r: Result<(), StoreError> = store.write_blocking(|_tx| panic!("boom"));
+        assert!(matches!(r, Err(StoreError::Panicked(m)) if m.contains("boom")));
+        let r: Result<u64, StoreError> = store.write_blocking(|tx| {
+            tx.open_table(T)?.insert(1, 2)?;
+            Ok(1)
+        });
+        assert_eq!(r.unwrap(), 1);
+    }
+
+    #[test]
+    fn second_open_is_refused_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = open(dir.path());
+        let second = Store::open(&dir.path().join("keel.redb"), StoreOptions::default());
+        assert!(matches!(second, Err(StoreError::Locked { .. })));
+    }
+
+    #[test]
+    fn newer_schema_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.redb");
+        drop(open(dir.path()));
+        force_schema_version(&path, SCHEMA_VERSION + 1).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path, StoreOptions::default()).err().unwrap();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn writes_after_close_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.close();
+        let r: Result<(), StoreError> = store.write_blocking(|_| Ok(()));
+        assert!(matches!(r, Err(StoreError::WriterGone)));
+    }
+}
