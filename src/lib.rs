@@ -2,5 +2,7 @@
 //!
 //! Layers, one way only: `http` → services (`audit`, `auth`, `metrics`, ...) → `store`.
 
+pub mod audit;
 pub mod clock;
+pub mod fsutil;
 pub mod store;

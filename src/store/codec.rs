@@ -37,12 +37,12 @@ pub fn encode<T: Record>(record: &T) -> Vec<u8> {
 
 /// Decodes a record read from `table` at `key`; a bad record is an error naming both.
 pub fn decode<T: Record>(
-    table: &'static str,
+    table: &str,
     key: impl std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
-        table,
+        table: table.to_string(),
         key: key.to_string(),
         reason,
     };

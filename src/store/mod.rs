@@ -58,7 +58,7 @@ pub enum StoreError {
     #[error("corrupt record in table {table} at key {key}: {reason}")]
     Corrupt {
         /// Table name.
-        table: &'static str,
+        table: String,
         /// Key of the bad record.
         key: String,
         /// Why decoding failed.
