@@ -20,7 +20,12 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../packaging/keel.toml");
 pub const CONFIG_ENV: &str = "KEEL_CONFIG";
 
 /// `KEEL_*` variables that are not config keys (used by the CLI client); they are ignored here.
-pub const RESERVED_ENV: &[&str] = &["KEEL_CONFIG", "KEEL_API_KEY", "KEEL_API_KEY_FILE", "KEEL_URL"];
+pub const RESERVED_ENV: &[&str] = &[
+    "KEEL_CONFIG",
+    "KEEL_API_KEY",
+    "KEEL_API_KEY_FILE",
+    "KEEL_URL",
+];
 
 const ENV_PREFIX: &str = "KEEL_";
 const FILE_SUFFIX: &str = "_FILE";
@@ -479,7 +484,11 @@ impl Config {
 
         let server = &self.server;
         at_least("server.max_body_bytes", server.max_body_bytes as u64, 1)?;
-        at_least("server.request_timeout_seconds", server.request_timeout_seconds, 1)?;
+        at_least(
+            "server.request_timeout_seconds",
+            server.request_timeout_seconds,
+            1,
+        )?;
         for (i, origin) in server.cors_allowed_origins.iter().enumerate() {
             check_origin(origin)
                 .map_err(|why| invalid(&format!("server.cors_allowed_origins[{i}]"), why))?;
@@ -529,15 +538,26 @@ impl Config {
             self.metrics.snapshot_interval_seconds,
             1,
         )?;
-        between("metrics.retention_days", self.metrics.retention_days, 1, 3650)?;
+        between(
+            "metrics.retention_days",
+            self.metrics.retention_days,
+            1,
+            3650,
+        )?;
 
-        between("shutdown.drain_seconds", self.shutdown.drain_seconds, 1, 3600)?;
+        between(
+            "shutdown.drain_seconds",
+            self.shutdown.drain_seconds,
+            1,
+            3600,
+        )?;
         Ok(())
     }
 
     /// The effective configuration as TOML, with secrets shown as `***`.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+        toml::to_string(self)
+            .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 
     /// `<data_dir>/keel.redb`.
@@ -684,7 +704,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// The dotted path of the key whose name or value covers `offset`, if any.
 fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let doc = toml::de::DeTable::parse(text).ok()?;
+    let (doc, _) = toml::de::DeTable::parse_recoverable(text);
     let mut path = Vec::new();
     find_key(doc.get_ref(), offset, &mut path).then(|| path.join("."))
 }
@@ -697,19 +717,23 @@ fn find_key(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>
         }
         let found = match value.get_ref() {
             toml::de::DeValue::Table(inner) => find_key(inner, offset, path),
-            toml::de::DeValue::Array(items) => items.iter().enumerate().any(|(i, item)| {
-                match item.get_ref() {
-                    toml::de::DeValue::Table(inner) => {
-                        path.push(i.to_string());
-                        let found = find_key(inner, offset, path);
-                        if !found {
-                            path.pop();
+            toml::de::DeValue::Array(items) => {
+                items
+                    .iter()
+                    .enumerate()
+                    .any(|(i, item)| match item.get_ref() {
+                        toml::de::DeValue::Table(inner) => {
+                            path.push(i.to_string());
+                            let found = find_key(inner, offset, path);
+                            if !found {
+                                path.pop();
+                            }
+                            found
                         }
-                        found
-                    }
-                    _ => false,
-                }
-            }) || value.span().contains(&offset),
+                        _ => false,
+                    })
+                    || value.span().contains(&offset)
+            }
             _ => value.span().contains(&offset),
         };
         if found {
@@ -821,9 +845,15 @@ fn apply_env(
             }
         }
     }
-    Err(env_error(
-        first_error.unwrap_or_else(|| "cannot be applied".to_owned()),
-    ))
+    let mut message = first_error.unwrap_or_else(|| "cannot be applied".to_owned());
+    if let Some(toml::Value::Table(_)) = hint {
+        message.push_str(&format!(
+            " (`{}` is a section: set its keys with {}__<KEY>)",
+            var.path.join("."),
+            var.var
+        ));
+    }
+    Err(env_error(message))
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -1022,7 +1052,10 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/keel"));
         assert_eq!(config.store.max_batch, 7);
         assert_eq!(config.server, ServerConfig::default());
-        assert_eq!(config.database_path(), PathBuf::from("/var/lib/keel/keel.redb"));
+        assert_eq!(
+            config.database_path(),
+            PathBuf::from("/var/lib/keel/keel.redb")
+        );
     }
 
     #[test]
@@ -1227,8 +1260,8 @@ mod tests {
         assert_eq!(secret.expose(), "s3cret-value");
 
         // A secret set in the environment directly, and one in the file.
-        let config = Config::load(&with_env(&[("KEEL_AUTH__KEY_HASH_SECRET", "direct")]))
-            .expect("loads");
+        let config =
+            Config::load(&with_env(&[("KEEL_AUTH__KEY_HASH_SECRET", "direct")])).expect("loads");
         assert_eq!(
             config.auth.key_hash_secret.map(|s| s.expose().to_owned()),
             Some("direct".to_owned())
@@ -1315,17 +1348,53 @@ mod tests {
                 "59",
                 "audit.checkpoint_interval_seconds: must be at least 60, got 59",
             ),
-            ("KEEL_AUDIT__CHECKPOINT_EVERY", "0", "audit.checkpoint_every:"),
-            ("KEEL_AUTH__LAST_USED_FLUSH_SECONDS", "0", "auth.last_used_flush_seconds:"),
-            ("KEEL_METRICS__SNAPSHOT_INTERVAL_SECONDS", "0", "metrics.snapshot_interval_seconds:"),
-            ("KEEL_METRICS__RETENTION_DAYS", "3651", "metrics.retention_days:"),
-            ("KEEL_SHUTDOWN__DRAIN_SECONDS", "0", "shutdown.drain_seconds:"),
-            ("KEEL_SHUTDOWN__DRAIN_SECONDS", "3601", "shutdown.drain_seconds:"),
+            (
+                "KEEL_AUDIT__CHECKPOINT_EVERY",
+                "0",
+                "audit.checkpoint_every:",
+            ),
+            (
+                "KEEL_AUTH__LAST_USED_FLUSH_SECONDS",
+                "0",
+                "auth.last_used_flush_seconds:",
+            ),
+            (
+                "KEEL_METRICS__SNAPSHOT_INTERVAL_SECONDS",
+                "0",
+                "metrics.snapshot_interval_seconds:",
+            ),
+            (
+                "KEEL_METRICS__RETENTION_DAYS",
+                "3651",
+                "metrics.retention_days:",
+            ),
+            (
+                "KEEL_SHUTDOWN__DRAIN_SECONDS",
+                "0",
+                "shutdown.drain_seconds:",
+            ),
+            (
+                "KEEL_SHUTDOWN__DRAIN_SECONDS",
+                "3601",
+                "shutdown.drain_seconds:",
+            ),
             ("KEEL_LOG__LEVEL", "info,[", "log.level: invalid log filter"),
             ("KEEL_LOG__LEVEL", " ", "log.level: must not be empty"),
-            ("KEEL_AUTH__KEY_HASH_SECRET", "", "auth.key_hash_secret: must not be empty"),
-            ("KEEL_AUTH__KEY_HASH_SECRET", "***", "auth.key_hash_secret: is the redaction"),
-            ("KEEL_SERVER__REQUEST_TIMEOUT_SECONDS", "0", "server.request_timeout_seconds:"),
+            (
+                "KEEL_AUTH__KEY_HASH_SECRET",
+                "",
+                "auth.key_hash_secret: must not be empty",
+            ),
+            (
+                "KEEL_AUTH__KEY_HASH_SECRET",
+                "***",
+                "auth.key_hash_secret: is the redaction",
+            ),
+            (
+                "KEEL_SERVER__REQUEST_TIMEOUT_SECONDS",
+                "0",
+                "server.request_timeout_seconds:",
+            ),
             ("KEEL_DATA_DIR", "", "data_dir: must not be empty"),
         ];
         for (var, value, expected) in cases {
@@ -1407,7 +1476,10 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.server.request_timeout(), Duration::from_secs(30));
         assert_eq!(config.server.hsts_max_age(), None);
-        assert_eq!(config.audit.checkpoint_interval(), Duration::from_secs(3600));
+        assert_eq!(
+            config.audit.checkpoint_interval(),
+            Duration::from_secs(3600)
+        );
         assert_eq!(config.auth.rotation_overlap(), Duration::from_secs(86_400));
         assert_eq!(config.auth.last_used_flush(), Duration::from_secs(60));
         assert_eq!(config.metrics.snapshot_interval(), Duration::from_secs(60));

@@ -7,3 +7,4 @@ pub mod auth;
 pub mod clock;
 pub mod fsutil;
 pub mod store;
+pub mod supervisor;

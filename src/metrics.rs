@@ -435,6 +435,7 @@ impl SeriesRef {
 /// Label set of one series, sorted by label name.
 type LabelSet = Vec<(&'static str, String)>;
 
+#[derive(Clone)]
 struct Family {
     help: &'static str,
     kind: Kind,
@@ -650,20 +651,13 @@ impl Metrics {
         )
     }
 
-    /// Collects (name, help, kind, labels, series) under the registry read lock, so values are
-    /// read without holding it.
-    fn collect(&self) -> Vec<(&'static str, &'static str, Kind, Vec<(LabelSet, SeriesRef)>)> {
+    /// Copies the registry (names, help, kinds and series handles) under its read lock, so values
+    /// are read without holding it.
+    fn collect(&self) -> Vec<(&'static str, Family)> {
         let families = self.families.read().unwrap_or_else(PoisonError::into_inner);
         families
             .iter()
-            .map(|(name, f)| {
-                let series = f
-                    .series
-                    .iter()
-                    .map(|(l, s)| (l.clone(), s.clone()))
-                    .collect();
-                (*name, f.help, f.kind, series)
-            })
+            .map(|(name, f)| (*name, f.clone()))
             .collect()
     }
 
@@ -671,7 +665,7 @@ impl Metrics {
     /// name and series by labels. Histograms appear as summaries.
     pub fn render_prometheus(&self) -> String {
         let mut out = String::with_capacity(4096);
-        for (name, help, kind, series) in self.collect() {
+        for (name, Family { help, kind, series }) in self.collect() {
             let type_name = match kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
@@ -741,7 +735,7 @@ impl Metrics {
         let mut counters = Vec::new();
         let mut gauges = Vec::new();
         let mut histograms = Vec::new();
-        for (name, help, _kind, series) in self.collect() {
+        for (name, Family { help, series, .. }) in self.collect() {
             for (labels, s) in series {
                 let labels: Map<String, Value> = labels
                     .into_iter()
@@ -793,7 +787,7 @@ impl Metrics {
     /// the same order as on `/metrics`.
     pub fn take_interval_snapshots(&self) -> Vec<IntervalSnapshot> {
         let mut out = Vec::new();
-        for (name, _help, kind, series) in self.collect() {
+        for (name, Family { kind, series, .. }) in self.collect() {
             let Kind::Histogram(unit) = kind else {
                 continue;
             };
@@ -942,8 +936,11 @@ mod tests {
         actual.abs_diff(expected) as f64 <= expected as f64 * 0.001 + 1.0
     }
 
+    /// A parsed sample: name, labels, value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
     /// Parses one exposition sample line: `name{labels} value` or `name value`.
-    fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, f64), String> {
+    fn parse_sample(line: &str) -> Result<Sample, String> {
         let bytes: Vec<char> = line.chars().collect();
         let mut i = 0;
         let is_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':';
