@@ -818,8 +818,8 @@ fn apply_env(
     var: &EnvOverride,
 ) -> Result<Config, ConfigError> {
     let env_error = |message: String| {
-        let message = if var.from_file && !var.value.is_empty() {
-            message.replace(&var.value, "<file content>")
+        let message = if var.from_file {
+            hide_value(&message, &var.value)
         } else {
             message
         };
@@ -854,6 +854,23 @@ fn apply_env(
         ));
     }
     Err(env_error(message))
+}
+
+/// Removes a value read from a file (possibly a secret) from an error message, in the forms serde
+/// quotes values in, and anywhere when it is long enough not to be mistaken for other text.
+fn hide_value(message: &str, value: &str) -> String {
+    const HIDDEN: &str = "<file content>";
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return message.to_owned();
+    }
+    let mut message = message
+        .replace(&format!("{value:?}"), HIDDEN)
+        .replace(&format!("`{trimmed}`"), HIDDEN);
+    if trimmed.len() >= 6 {
+        message = message.replace(trimmed, HIDDEN);
+    }
+    message
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -921,7 +938,11 @@ fn env_value_candidates(value: &str, hint: Option<&toml::Value>) -> Vec<toml::Va
         }
         Some(Value::Table(_)) => parsed().into_iter().chain([string()]).collect(),
         Some(_) => parsed().into_iter().chain([string()]).collect(),
-        None => [string()].into_iter().chain(parsed()).collect(),
+        None => [string()]
+            .into_iter()
+            .chain(parsed())
+            .chain([comma_list(false), comma_list(true)])
+            .collect(),
     }
 }
 
@@ -1294,6 +1315,32 @@ mod tests {
             ("KEEL_AUTH__KEY_HASH_SECRET", "other"),
         ]));
         assert!(err.contains("set only one"), "{err}");
+    }
+
+    #[test]
+    fn file_suffix_values_are_hidden_in_errors() {
+        for content in ["hunter2\n", "7x\n", "-12\n", "a\"b\n"] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("value");
+            std::fs::write(&path, content).expect("write value");
+            let path_text = path.display().to_string();
+            let err = load_err(&with_env(&[("KEEL_STORE__MAX_BATCH_FILE", &path_text)]));
+            assert!(err.contains("<file content>"), "{err}");
+            assert!(!err.contains(content.trim()), "{content:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn from_process_env_keeps_only_keel_vars() {
+        let options = LoadOptions::from_process_env(Some(PathBuf::from("/etc/keel/keel.toml")));
+        assert_eq!(options.file, Some(PathBuf::from("/etc/keel/keel.toml")));
+        assert!(
+            options
+                .env
+                .iter()
+                .all(|(name, _)| name.starts_with("KEEL_"))
+        );
+        assert_eq!((options.listen, options.data_dir), (None, None));
     }
 
     #[test]

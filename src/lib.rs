@@ -2,9 +2,15 @@
 //!
 //! Layers, one way only: `http` → services (`audit`, `auth`, `metrics`, ...) → `store`.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bench;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod fsutil;
+pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod supervisor;

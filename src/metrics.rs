@@ -10,6 +10,8 @@
 //! `_count`). A series in [`Unit::Micros`] records microseconds and is exposed in seconds; a series
 //! in [`Unit::Count`] is exposed as recorded.
 
+pub mod history;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,9 +34,11 @@ const MAX_COUNT: u64 = u32::MAX as u64;
 const PROM_QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")];
 /// Quantiles reported in JSON, snapshots and summaries: p50, p90, p95, p99, p999.
 const SUMMARY_QUANTILES: [f64; 5] = [0.5, 0.9, 0.95, 0.99, 0.999];
-/// Distinct routes `observe_http` tracks before folding new ones into [`HTTP_OTHER_ROUTE`].
-const MAX_HTTP_ROUTES: usize = 256;
-/// Route label used once [`MAX_HTTP_ROUTES`] distinct routes have been seen.
+/// Distinct (route, method) pairs `observe_http` tracks before folding new ones into
+/// [`HTTP_OTHER_ROUTE`]: each pair is a histogram series, so this bounds memory when a caller
+/// passes raw paths instead of route templates.
+const MAX_HTTP_PAIRS: usize = 256;
+/// Route label [`Metrics::observe_http`] uses once 256 distinct (route, method) pairs are tracked.
 pub const HTTP_OTHER_ROUTE: &str = "other";
 /// Name of the HTTP request counter fed by [`Metrics::observe_http`].
 pub const HTTP_REQUESTS_TOTAL: &str = "keel_http_requests_total";
@@ -68,13 +72,6 @@ impl Unit {
         }
     }
 
-    fn max_value(self) -> u64 {
-        match self {
-            Unit::Micros => MAX_MICROS,
-            Unit::Count => MAX_COUNT,
-        }
-    }
-
     /// Divisor from the recorded unit to the Prometheus unit (seconds for durations). A division
     /// (not a multiplication by 1e-6) keeps `7000 µs` printing as `0.007`.
     fn prometheus_divisor(self) -> f64 {
@@ -83,11 +80,13 @@ impl Unit {
             Unit::Count => 1.0,
         }
     }
+}
 
-    fn new_hdr(self) -> Hdr {
-        Hdr::new_with_bounds(1, self.max_value(), SIGFIG)
-            .expect("constant histogram bounds are valid")
-    }
+/// An auto-resizing histogram: its counts array grows only as far as the largest value recorded.
+/// Values are clamped first (one hour or `u32::MAX`), so it never exceeds ≈184 KB, and typical
+/// latency series stay well below that fixed-size cost.
+fn new_hdr() -> Hdr {
+    Hdr::new(SIGFIG).expect("constant histogram precision is valid")
 }
 
 /// Statistics of one histogram (a live series or a merged window), in the series' [`Unit`].
@@ -245,7 +244,7 @@ fn decode_v2(bytes: &[u8]) -> Result<Hdr, DecodeError> {
 /// histogram cannot be decoded, are skipped with a warning. `None` when nothing was merged.
 pub fn merge_snapshots(snaps: &[IntervalSnapshot]) -> Option<Summary> {
     let unit = snaps.first()?.unit;
-    let mut merged = Hdr::new(SIGFIG).expect("constant histogram precision is valid");
+    let mut merged = new_hdr();
     for snap in snaps {
         if snap.unit != unit {
             tracing::warn!(
@@ -257,11 +256,19 @@ pub fn merge_snapshots(snaps: &[IntervalSnapshot]) -> Option<Summary> {
         match snap.decode_histogram() {
             Ok(h) => {
                 if let Err(e) = merged.add(&h) {
-                    tracing::warn!(series = %snap.series_key(), error = ?e, "metrics: cannot merge snapshot");
+                    tracing::warn!(
+                        series = %snap.series_key(),
+                        error = ?e,
+                        "metrics: cannot merge snapshot"
+                    );
                 }
             }
             Err(e) => {
-                tracing::warn!(series = %snap.series_key(), error = %e, "metrics: skipping undecodable snapshot");
+                tracing::warn!(
+                    series = %snap.series_key(),
+                    error = %e,
+                    "metrics: skipping undecodable snapshot"
+                );
             }
         }
     }
@@ -350,8 +357,8 @@ impl HistSeries {
         HistSeries {
             unit,
             state: Mutex::new(HistState {
-                cumulative: unit.new_hdr(),
-                interval: unit.new_hdr(),
+                cumulative: new_hdr(),
+                interval: new_hdr(),
                 sum: 0,
             }),
         }
@@ -360,6 +367,14 @@ impl HistSeries {
     fn lock(&self) -> MutexGuard<'_, HistState> {
         // A panic while recording cannot leave the counts unusable: keep going.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Records into an auto-resizing histogram (`saturating_record` would clamp instead of growing).
+/// Values are clamped to the unit's range first, so growth is bounded and cannot fail on 64-bit.
+fn record_into(h: &mut Hdr, value: u64) {
+    if h.record(value).is_err() {
+        h.saturating_record(value);
     }
 }
 
@@ -372,8 +387,8 @@ impl Histogram {
     pub fn record(&self, value: u64) {
         let value = self.0.unit.clamp(value);
         let mut st = self.0.lock();
-        st.cumulative.saturating_record(value);
-        st.interval.saturating_record(value);
+        record_into(&mut st.cumulative, value);
+        record_into(&mut st.interval, value);
         st.sum = st.sum.saturating_add(value);
     }
 
@@ -448,8 +463,28 @@ struct HttpEntry {
     by_status: Vec<(u16, Counter)>,
 }
 
-/// route → method → handles.
-type HttpCache = HashMap<String, HashMap<&'static str, HttpEntry>>;
+/// Handle cache of [`Metrics::observe_http`].
+#[derive(Default)]
+struct HttpCache {
+    /// route → method → handles.
+    routes: HashMap<String, HashMap<&'static str, HttpEntry>>,
+    /// Number of (route, method) pairs in `routes`.
+    pairs: usize,
+}
+
+impl HttpCache {
+    /// The entry `(route, method)` is recorded under, if it exists: its own, or the
+    /// [`HTTP_OTHER_ROUTE`] one once the cache is full.
+    fn lookup(&self, route: &str, method: &str) -> Option<&HttpEntry> {
+        let own = self.routes.get(route).and_then(|m| m.get(method));
+        if own.is_some() || self.pairs < MAX_HTTP_PAIRS {
+            return own;
+        }
+        self.routes
+            .get(HTTP_OTHER_ROUTE)
+            .and_then(|m| m.get(method))
+    }
+}
 
 /// The metrics registry. `Send + Sync`; share it in an `Arc`.
 pub struct Metrics {
@@ -472,7 +507,7 @@ impl Metrics {
     pub fn new(version: &str) -> Metrics {
         let m = Metrics {
             families: RwLock::new(BTreeMap::new()),
-            http: RwLock::new(HashMap::new()),
+            http: RwLock::new(HttpCache::default()),
         };
         m.gauge(
             "keel_build_info",
@@ -540,14 +575,14 @@ impl Metrics {
     /// Counts one HTTP request in `keel_http_requests_total{method,route,status}` and records its
     /// duration in `keel_http_request_duration_seconds{method,route}`.
     ///
-    /// `route` must be the matched route template (`/api/v1/tasks/{id}`), not the raw path: after
-    /// 256 distinct routes, new ones are counted under the route `other`. Unknown methods are
-    /// counted as `OTHER`.
+    /// `route` must be the matched route template (`/api/v1/tasks/{id}`), not the raw path: once
+    /// 256 distinct (route, method) pairs are tracked, new ones are counted under the route
+    /// [`HTTP_OTHER_ROUTE`]. Methods other than the nine standard ones are counted as `OTHER`.
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let method = normalize_method(method);
         {
             let cache = self.http.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = cache.get(route).and_then(|m| m.get(method))
+            if let Some(entry) = cache.lookup(route, method)
                 && let Some((_, counter)) = entry.by_status.iter().find(|(s, _)| *s == status)
             {
                 counter.inc();
@@ -556,20 +591,28 @@ impl Metrics {
             }
         }
         let mut cache = self.http.write().unwrap_or_else(PoisonError::into_inner);
-        let route = if cache.contains_key(route) || cache.len() < MAX_HTTP_ROUTES {
+        let known = cache
+            .routes
+            .get(route)
+            .is_some_and(|m| m.contains_key(method));
+        let route = if known || cache.pairs < MAX_HTTP_PAIRS {
             route
         } else {
             HTTP_OTHER_ROUTE
         };
-        let methods = cache.entry(route.to_owned()).or_default();
-        let entry = methods.entry(method).or_insert_with(|| HttpEntry {
-            duration: self.histogram(
-                HTTP_REQUEST_DURATION,
-                "HTTP request duration in seconds, by method and route.",
-                Unit::Micros,
-                &[("method", method), ("route", route)],
-            ),
-            by_status: Vec::new(),
+        let cache = &mut *cache;
+        let methods = cache.routes.entry(route.to_owned()).or_default();
+        let entry = methods.entry(method).or_insert_with(|| {
+            cache.pairs += 1;
+            HttpEntry {
+                duration: self.histogram(
+                    HTTP_REQUEST_DURATION,
+                    "HTTP request duration in seconds, by method and route.",
+                    Unit::Micros,
+                    &[("method", method), ("route", route)],
+                ),
+                by_status: Vec::new(),
+            }
         });
         let counter = match entry.by_status.iter().find(|(s, _)| *s == status) {
             Some((_, c)) => c.clone(),
@@ -757,24 +800,22 @@ impl Metrics {
                                 .then(|| Summary::from_hdr(h.unit, &st.cumulative));
                             (summary, st.sum)
                         };
-                        let mut obj = json!({
-                            "name": name, "help": help, "labels": labels,
-                            "unit": h.unit.as_str(), "count": summary.as_ref().map_or(0, |s| s.count),
+                        histograms.push(json!({
+                            "name": name,
+                            "help": help,
+                            "labels": labels,
+                            "unit": h.unit.as_str(),
+                            "count": summary.as_ref().map_or(0, |s| s.count),
                             "sum": sum,
-                            "min": null, "max": null, "mean": null,
-                            "p50": null, "p90": null, "p95": null, "p99": null, "p999": null,
-                        });
-                        if let (Some(s), Some(o)) = (summary, obj.as_object_mut()) {
-                            o.insert("min".into(), s.min.into());
-                            o.insert("max".into(), s.max.into());
-                            o.insert("mean".into(), s.mean.into());
-                            o.insert("p50".into(), s.p50.into());
-                            o.insert("p90".into(), s.p90.into());
-                            o.insert("p95".into(), s.p95.into());
-                            o.insert("p99".into(), s.p99.into());
-                            o.insert("p999".into(), s.p999.into());
-                        }
-                        histograms.push(obj);
+                            "min": summary.as_ref().map(|s| s.min),
+                            "max": summary.as_ref().map(|s| s.max),
+                            "mean": summary.as_ref().map(|s| s.mean),
+                            "p50": summary.as_ref().map(|s| s.p50),
+                            "p90": summary.as_ref().map(|s| s.p90),
+                            "p95": summary.as_ref().map(|s| s.p95),
+                            "p99": summary.as_ref().map(|s| s.p99),
+                            "p999": summary.as_ref().map(|s| s.p999),
+                        }));
                     }
                 }
             }
@@ -797,14 +838,18 @@ impl Metrics {
                     continue;
                 }
                 // Allocate the fresh histogram outside the lock; swap it in under the lock.
-                let mut taken = unit.new_hdr();
+                let mut taken = new_hdr();
                 std::mem::swap(&mut h.lock().interval, &mut taken);
                 if taken.is_empty() {
                     continue; // another caller took it in between
                 }
                 let mut histogram = Vec::new();
                 if let Err(e) = V2Serializer::new().serialize(&taken, &mut histogram) {
-                    tracing::error!(metric = name, error = ?e, "metrics: cannot encode interval histogram");
+                    tracing::error!(
+                        metric = name,
+                        error = ?e,
+                        "metrics: cannot encode interval histogram"
+                    );
                     histogram.clear();
                 }
                 let s = Summary::from_hdr(unit, &taken);
@@ -1272,28 +1317,51 @@ mod tests {
         m.observe_http("BREW", "/api/v1/tasks/{id}", 405, Duration::from_millis(1));
         let text = m.render_prometheus();
         assert_valid_exposition(&text);
-        assert!(text.contains("keel_http_requests_total{method=\"GET\",route=\"/api/v1/tasks/{id}\",status=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("keel_http_requests_total{method=\"GET\",route=\"/api/v1/tasks/{id}\",status=\"404\"} 1\n"));
-        assert!(text.contains("keel_http_requests_total{method=\"OTHER\",route=\"/api/v1/tasks/{id}\",status=\"405\"} 1\n"));
-        assert!(text.contains("keel_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/tasks/{id}\"} 3\n"), "{text}");
-        assert!(text.contains("keel_http_request_duration_seconds_sum{method=\"GET\",route=\"/api/v1/tasks/{id}\"} 0.007\n"), "{text}");
+        let r = "/api/v1/tasks/{id}";
+        let has = |line: String| assert!(text.contains(&format!("{line}\n")), "{line}\n{text}");
+        has(format!(
+            r#"keel_http_requests_total{{method="GET",route="{r}",status="200"}} 2"#
+        ));
+        has(format!(
+            r#"keel_http_requests_total{{method="GET",route="{r}",status="404"}} 1"#
+        ));
+        has(format!(
+            r#"keel_http_requests_total{{method="OTHER",route="{r}",status="405"}} 1"#
+        ));
+        let d = "keel_http_request_duration_seconds";
+        has(format!(r#"{d}_count{{method="GET",route="{r}"}} 3"#));
+        has(format!(r#"{d}_sum{{method="GET",route="{r}"}} 0.007"#));
         assert_eq!(
             text.matches("# TYPE keel_http_requests_total counter")
                 .count(),
             1
         );
 
-        // Routes beyond the cap fold into `other`.
-        for i in 0..MAX_HTTP_ROUTES + 10 {
+        // (route, method) pairs beyond the cap fold into `other`: two pairs exist already, so
+        // of MAX + 10 new routes, 12 land in `other`, and repeats of a folded route go there too.
+        for i in 0..MAX_HTTP_PAIRS + 10 {
             m.observe_http("GET", &format!("/raw/{i}"), 200, Duration::from_micros(5));
         }
+        m.observe_http(
+            "GET",
+            &format!("/raw/{}", MAX_HTTP_PAIRS + 9),
+            200,
+            Duration::from_micros(5),
+        );
+        m.observe_http("GET", "/raw/0", 200, Duration::from_micros(5));
         let text = m.render_prometheus();
+        assert_valid_exposition(&text);
         assert!(
             text.contains(&format!(
-                "route=\"{HTTP_OTHER_ROUTE}\",status=\"200\"}} 11\n"
+                r#"keel_http_requests_total{{method="GET",route="{}",status="200"}} 13"#,
+                HTTP_OTHER_ROUTE
             )),
             "{text}"
         );
+        assert!(text.contains(
+            "keel_http_requests_total{method=\"GET\",route=\"/raw/0\",status=\"200\"} 2\n"
+        ));
+        assert!(!text.contains(&format!("route=\"/raw/{}\"", MAX_HTTP_PAIRS + 9)));
     }
 
     #[test]
@@ -1408,7 +1476,8 @@ mod tests {
         assert_eq!(by_series.len(), 2);
         assert_eq!(by_series["keel_idle_seconds"].count, 1);
         assert_eq!(
-            by_series["keel_http_request_duration_seconds{method=\"GET\",route=\"/api/v1/system\"}"].count,
+            by_series[r#"keel_http_request_duration_seconds{method="GET",route="/api/v1/system"}"#]
+                .count,
             5000
         );
     }

@@ -78,11 +78,14 @@ pub struct WorkerStatus {
     pub next_run_at: Option<Millis>,
 }
 
+/// A started worker: its shared status and its task.
+type RunningWorker = (Arc<Mutex<WorkerStatus>>, JoinHandle<()>);
+
 /// Runs workers until shutdown.
 pub struct Supervisor {
     clock: SharedClock,
     cancel: CancellationToken,
-    workers: Mutex<Vec<(Arc<Mutex<WorkerStatus>>, JoinHandle<()>)>>,
+    workers: Mutex<Vec<RunningWorker>>,
 }
 
 /// What happened during shutdown.

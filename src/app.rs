@@ -1,0 +1,338 @@
+//! Assembly: opens the rooms in order, starts the workers, serves HTTP, and shuts down in the
+//! documented order (stop accepting → drain workers → flush → close the store).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::audit::{self, Audit};
+use crate::auth::Auth;
+use crate::clock::{Millis, SharedClock};
+use crate::config::Config;
+use crate::metrics::history::SnapshotWorker;
+use crate::metrics::{Metrics, Unit};
+use crate::store::{Store, StoreError, StoreOptions};
+use crate::supervisor::{StepFuture, Supervisor, Worker};
+
+/// keel's version, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Errors while starting keel.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data dir could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The data dir.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit signing key is unusable.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// Keys could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The rooms every entry point needs: store, audit, auth, metrics. The CLI uses this alone
+/// when it works offline.
+pub struct Core {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Time source.
+    pub clock: SharedClock,
+    /// The database.
+    pub store: Arc<Store>,
+    /// The audit log.
+    pub audit: Arc<Audit>,
+    /// API keys.
+    pub auth: Arc<Auth>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Core {
+    /// Opens the data dir and the rooms over it. Fails at once (before touching any other
+    /// file) when another keel holds the database.
+    pub fn open(config: Config, clock: SharedClock) -> Result<Core, StartError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let metrics = Arc::new(Metrics::new(VERSION));
+        let commit_time = metrics.histogram(
+            "keel_store_commit_duration_seconds",
+            "Time to commit one group of writes durably.",
+            Unit::Micros,
+            &[],
+        );
+        let batch_size = metrics.histogram(
+            "keel_store_commit_batch_size",
+            "Write requests committed together in one transaction.",
+            Unit::Count,
+            &[],
+        );
+        let store = Store::open(
+            &config.database_path(),
+            StoreOptions {
+                max_batch: config.store.max_batch,
+                commit_observer: Some(Box::new(move |batch, elapsed| {
+                    batch_size.record(batch as u64);
+                    commit_time.record_duration(elapsed);
+                })),
+            },
+        )?;
+        let store = Arc::new(store);
+        let audit = Arc::new(Audit::load_or_create(
+            &data_dir,
+            config.audit.checkpoint_every,
+        )?);
+        let hash_key = Auth::hash_key(
+            config.auth.key_hash_secret.as_ref().map(|s| s.expose()),
+            &data_dir,
+        )?;
+        let auth = Arc::new(Auth::load(
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+            hash_key,
+        )?);
+        Ok(Core {
+            config: Arc::new(config),
+            clock,
+            store,
+            audit,
+            auth,
+            metrics,
+        })
+    }
+}
+
+/// The running application: the rooms, the supervisor and facts about this process.
+pub struct App {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// Time source.
+    pub clock: SharedClock,
+    /// The database.
+    pub store: Arc<Store>,
+    /// The audit log.
+    pub audit: Arc<Audit>,
+    /// API keys.
+    pub auth: Arc<Auth>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Background workers.
+    pub supervisor: Supervisor,
+    /// When this process started (epoch ms).
+    pub started_at_ms: Millis,
+    started: Instant,
+    shutting_down: AtomicBool,
+}
+
+impl App {
+    /// Opens everything, creates the first admin key if there is none, starts the workers.
+    pub async fn start(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
+        let core = Core::open(config, clock)?;
+        if let Some(path) = core
+            .auth
+            .ensure_initial_admin(&core.config.data_dir)
+            .await?
+        {
+            tracing::warn!(
+                path = %path.display(),
+                "no API keys existed: created an admin key and wrote it to this file (mode 0600); read it, store it safely, then delete the file"
+            );
+        }
+        let app = Arc::new(App {
+            started_at_ms: core.clock.now_ms(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            supervisor: Supervisor::new(Arc::clone(&core.clock)),
+            config: core.config,
+            clock: core.clock,
+            store: core.store,
+            audit: core.audit,
+            auth: core.auth,
+            metrics: core.metrics,
+        });
+        app.start_workers();
+        Ok(app)
+    }
+
+    fn start_workers(&self) {
+        let config = &self.config;
+        self.supervisor.spawn(SnapshotWorker {
+            store: Arc::clone(&self.store),
+            metrics: Arc::clone(&self.metrics),
+            clock: Arc::clone(&self.clock),
+            interval: config.metrics.snapshot_interval(),
+            retention: config.metrics.retention(),
+            interval_start_ms: self.started_at_ms,
+        });
+        self.supervisor.spawn(LastUsedFlushWorker {
+            auth: Arc::clone(&self.auth),
+            interval: config.auth.last_used_flush(),
+        });
+        self.supervisor.spawn(CheckpointWorker {
+            store: Arc::clone(&self.store),
+            audit: Arc::clone(&self.audit),
+            clock: Arc::clone(&self.clock),
+            interval: config.audit.checkpoint_interval(),
+        });
+    }
+
+    /// How long this process has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Why keel is not ready to serve, if it is not.
+    pub fn readiness_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.shutting_down.load(Ordering::SeqCst) {
+            problems.push("shutting down".to_string());
+        }
+        if !self.store.is_writable() {
+            problems.push("the store's writer is not running".to_string());
+        }
+        for name in self.supervisor.dead_workers() {
+            problems.push(format!("background worker {name} has stopped"));
+        }
+        problems
+    }
+
+    /// Stops the workers within the drain deadline (each flushes what it holds), then closes
+    /// the store.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let report = self.supervisor.shutdown(self.config.shutdown.drain()).await;
+        tracing::info!(stopped = ?report.stopped, aborted = ?report.aborted, "workers drained");
+        let store = Arc::clone(&self.store);
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!("store closed");
+    }
+}
+
+/// Flushes keys' last-use times to the store.
+struct LastUsedFlushWorker {
+    auth: Arc<Auth>,
+    interval: Duration,
+}
+
+impl Worker for LastUsedFlushWorker {
+    fn name(&self) -> &'static str {
+        "key-last-used-flush"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn step(&mut self) -> StepFuture<'_> {
+        Box::pin(async move {
+            self.auth
+                .flush_last_used()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn runs_on_shutdown(&self) -> bool {
+        true
+    }
+}
+
+/// Signs an audit checkpoint when the head moved and the last one is older than the interval;
+/// at shutdown, whenever the head moved.
+struct CheckpointWorker {
+    store: Arc<Store>,
+    audit: Arc<Audit>,
+    clock: SharedClock,
+    interval: Duration,
+}
+
+impl Worker for CheckpointWorker {
+    fn name(&self) -> &'static str {
+        "audit-checkpoint"
+    }
+    fn interval(&self) -> Duration {
+        // Checked often so a checkpoint is never much later than the interval says.
+        (self.interval / 12).max(Duration::from_secs(5))
+    }
+    fn step(&mut self) -> StepFuture<'_> {
+        Box::pin(async move {
+            let audit = Arc::clone(&self.audit);
+            let now = self.clock.now_ms();
+            let min_age = self.interval.as_millis() as i64;
+            self.store
+                .write(move |tx| audit.checkpoint_if_due(tx, now, min_age))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+    fn runs_on_shutdown(&self) -> bool {
+        true
+    }
+}
+
+/// Binds the configured address and serves until SIGTERM/SIGINT, then shuts down in order.
+pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError> {
+    let listen = config.server.listen;
+    let app = App::start(config, clock).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    tracing::info!(
+        version = VERSION,
+        address = %local,
+        data_dir = %app.config.data_dir.display(),
+        "keel is serving"
+    );
+    let router = crate::http::router(Arc::clone(&app));
+    let served = crate::http::serve(listener, router, shutdown_signal()).await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+    tracing::info!("stopped accepting requests; draining");
+    app.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

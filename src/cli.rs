@@ -1,0 +1,547 @@
+//! The command line: `serve`, `config check`, `audit verify`, `keys …`, `healthcheck`,
+//! `completions`, `version` and `bench store`.
+//!
+//! Exit codes: 0 success, 1 failure (including a failed verification or health check),
+//! 2 bad usage or bad configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::app::{self, Core, StartError};
+use crate::audit::Audit;
+use crate::auth::{INITIAL_ADMIN_KEY_FILE, NewKey, Role};
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::config::{Config, LoadOptions, LogFormat};
+use crate::store::StoreError;
+
+/// keel: a self-hosted reliability appliance in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version = app::VERSION, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: embedded defaults; env KEEL_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// keel's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (HTTP API, dashboard, workers).
+    Serve {
+        /// Address to listen on (overrides server.listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides data_dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Inspect the configuration.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Work with the audit log (offline: the server must be stopped).
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Manage API keys: through the running server, or directly when it is stopped.
+    Keys {
+        /// Server URL when it is running (default: from server.listen; env KEEL_URL).
+        #[arg(long, global = true, env = "KEEL_URL", value_name = "URL")]
+        url: Option<String>,
+        /// Admin key for the running server (env KEEL_API_KEY; default: the
+        /// initial-admin-key file in the data dir, if readable).
+        #[arg(long, global = true, env = "KEEL_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Exit 0 when the server's /ready answers 200 (for container and systemd checks).
+    Healthcheck {
+        /// Server URL (default: from server.listen; env KEEL_URL).
+        #[arg(long, env = "KEEL_URL", value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the version.
+    Version,
+    /// Measure performance on this machine.
+    Bench {
+        /// What to measure.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// `keel config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and print the effective values (secrets as ***).
+    Check,
+}
+
+/// `keel audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain and the signed checkpoints.
+    Verify,
+}
+
+/// `keel keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once.
+    Create {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// Its role.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Lifetime, e.g. 90d, 12h, 30m, 45s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        expires_in: Option<u64>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key at once.
+    Revoke {
+        /// Key id.
+        id: uuid::Uuid,
+    },
+    /// Replace a key; the old one keeps working during the overlap.
+    Rotate {
+        /// Key id.
+        id: uuid::Uuid,
+        /// How long the old key keeps working, e.g. 24h (default: auth.rotation_overlap_seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        overlap: Option<u64>,
+    },
+}
+
+/// `keel bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable write rates: raw redb single commits vs keel's group commit.
+    Store {
+        /// Directory for the scratch database (default: the current directory's disk).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 90d, 12h, 30m, 45s)"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}` (use s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure { code: 1, error }
+    }
+}
+
+fn usage(error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code: 2,
+        error: error.into(),
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("keel: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let mut options = LoadOptions::from_process_env(cli.config.clone());
+    if let Command::Serve { listen, data_dir } = &cli.command {
+        options.listen = *listen;
+        options.data_dir = data_dir.clone();
+    }
+    Config::load(&options).map_err(usage)
+}
+
+fn init_logging(config: &Config, default_level: Option<&str>) {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .or_else(|| default_level.map(str::to_string))
+        .unwrap_or_else(|| config.log.level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?)
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Version => {
+            println!("keel {}", app::VERSION);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let config = load_config(&cli)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve { .. } => {
+            init_logging(&config, None);
+            runtime()?
+                .block_on(app::serve(config, clock))
+                .map_err(start_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            println!("# keel configuration is valid; effective values:");
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            init_logging(&config, Some("warn"));
+            audit_verify(&config)
+        }
+        Command::Keys {
+            url,
+            api_key,
+            command,
+        } => {
+            init_logging(&config, Some("warn"));
+            keys(config, clock, url, api_key, command)
+        }
+        Command::Healthcheck { url } => healthcheck(&config, url),
+        Command::Bench {
+            command: BenchCommand::Store { dir, seconds },
+        } => {
+            init_logging(&config, Some("warn"));
+            crate::bench::store(&dir, std::time::Duration::from_secs(seconds.max(1)))
+                .map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { .. } | Command::Version => unreachable!("handled above"),
+    }
+}
+
+fn start_failure(e: StartError) -> Failure {
+    match e {
+        StartError::Store(StoreError::NewerSchema { .. }) => usage(e),
+        other => Failure::from(anyhow::Error::new(other)),
+    }
+}
+
+fn audit_verify(config: &Config) -> Result<ExitCode, Failure> {
+    let path = config.database_path();
+    if !path.exists() {
+        bail_usage(format!(
+            "no database at {} (check data_dir)",
+            path.display()
+        ))?;
+    }
+    let db = redb::ReadOnlyDatabase::open(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => anyhow!(
+            "{} is in use by a running keel: stop it first, or use POST /api/v1/audit/verify",
+            path.display()
+        ),
+        other => anyhow!("cannot open {}: {other}", path.display()),
+    })?;
+    let audit =
+        Audit::load(&config.data_dir, config.audit.checkpoint_every).map_err(anyhow::Error::new)?;
+    let tx = redb::ReadableDatabase::begin_read(&db).context("cannot read the database")?;
+    let report = audit.verify(&tx).context("cannot read the audit log")?;
+    println!("{report}");
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn bail_usage(message: String) -> Result<(), Failure> {
+    Err(usage(anyhow!(message)))
+}
+
+/// The base URL of the configured server.
+fn server_url(config: &Config, url: Option<String>) -> String {
+    url.unwrap_or_else(|| {
+        let mut addr = config.server.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    })
+    .trim_end_matches('/')
+    .to_string()
+}
+
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+fn healthcheck(config: &Config, url: Option<String>) -> Result<ExitCode, Failure> {
+    let url = format!("{}/ready", server_url(config, url));
+    let mut response = http_agent()
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    if status == 200 {
+        println!("ready");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("not ready ({status}): {body}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn keys(
+    config: Config,
+    clock: SharedClock,
+    url: Option<String>,
+    api_key: Option<String>,
+    command: KeysCommand,
+) -> Result<ExitCode, Failure> {
+    let overlap_default = config.auth.rotation_overlap_seconds;
+    match Core::open(config.clone(), Arc::clone(&clock)) {
+        Ok(core) => {
+            let rt = runtime()?;
+            let result = rt.block_on(keys_offline(
+                &core,
+                clock.as_ref(),
+                command,
+                overlap_default,
+            ));
+            core.store.close();
+            print_keys_result(result?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(StartError::Store(StoreError::Locked { .. })) => {
+            let base = server_url(&config, url);
+            let token = match api_key {
+                Some(k) => k,
+                None => std::fs::read_to_string(config.data_dir.join(INITIAL_ADMIN_KEY_FILE))
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| {
+                        usage(anyhow!(
+                            "keel is running, so keys are managed through its API: give an admin key with --api-key or KEEL_API_KEY"
+                        ))
+                    })?,
+            };
+            print_keys_result(keys_remote(&base, &token, command)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(start_failure(e)),
+    }
+}
+
+async fn keys_offline(
+    core: &Core,
+    clock: &dyn Clock,
+    command: KeysCommand,
+    overlap_default: u64,
+) -> Result<Value, Failure> {
+    let actor = crate::audit::SYSTEM_ACTOR;
+    let auth = &core.auth;
+    let created = |c: crate::auth::CreatedKey| serde_json::json!({"key": crate::http::key_json(&c.view), "token": c.token});
+    Ok(match command {
+        KeysCommand::Create {
+            name,
+            role,
+            expires_in,
+        } => {
+            let expires_at = expires_in.map(|s| clock.now_ms().saturating_add((s * 1000) as i64));
+            let new = NewKey {
+                name,
+                role,
+                expires_at,
+            };
+            created(auth.create(actor, new).await.map_err(auth_failure)?)
+        }
+        KeysCommand::List => {
+            serde_json::json!({"keys": auth.list().iter().map(crate::http::key_json).collect::<Vec<_>>()})
+        }
+        KeysCommand::Revoke { id } => {
+            let view = auth.revoke(actor, id).await.map_err(auth_failure)?;
+            serde_json::json!({"key": crate::http::key_json(&view)})
+        }
+        KeysCommand::Rotate { id, overlap } => {
+            let overlap_ms = (overlap.unwrap_or(overlap_default) * 1000) as i64;
+            created(
+                auth.rotate(actor, id, overlap_ms)
+                    .await
+                    .map_err(auth_failure)?,
+            )
+        }
+    })
+}
+
+fn auth_failure(e: crate::auth::AuthError) -> Failure {
+    use crate::auth::AuthError;
+    match e {
+        AuthError::NotFound(_) | AuthError::Invalid(_) => usage(e),
+        other => Failure::from(anyhow::Error::new(other)),
+    }
+}
+
+fn keys_remote(base: &str, token: &str, command: KeysCommand) -> Result<Value, Failure> {
+    let agent = http_agent();
+    let auth = format!("Bearer {token}");
+    let (method, path, body) = match command {
+        KeysCommand::Create {
+            name,
+            role,
+            expires_in,
+        } => (
+            "POST",
+            "/api/v1/keys".to_string(),
+            Some(serde_json::json!({"name": name, "role": role, "expires_in_seconds": expires_in})),
+        ),
+        KeysCommand::List => ("GET", "/api/v1/keys".to_string(), None),
+        KeysCommand::Revoke { id } => ("POST", format!("/api/v1/keys/{id}/revoke"), None),
+        KeysCommand::Rotate { id, overlap } => (
+            "POST",
+            format!("/api/v1/keys/{id}/rotate"),
+            Some(serde_json::json!({"overlap_seconds": overlap})),
+        ),
+    };
+    let url = format!("{base}{path}");
+    let response = match (method, body) {
+        ("GET", _) => agent.get(&url).header("authorization", &auth).call(),
+        (_, Some(body)) => agent
+            .post(&url)
+            .header("authorization", &auth)
+            .send_json(body),
+        (_, None) => agent.post(&url).header("authorization", &auth).send_empty(),
+    };
+    let mut response = response.with_context(|| format!("cannot reach keel at {base}"))?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .context("cannot read the server's answer")?;
+    let value: Value = serde_json::from_str(&text)
+        .with_context(|| format!("the server answered {status} with a body that is not JSON"))?;
+    if status.is_success() {
+        Ok(value)
+    } else {
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or(&text)
+            .to_string();
+        let failure = anyhow!("server answered {status}: {message}");
+        Err(if status.is_client_error() {
+            usage(failure)
+        } else {
+            failure.into()
+        })
+    }
+}
+
+fn print_keys_result(value: Value) {
+    if let Some(keys) = value["keys"].as_array() {
+        println!(
+            "{:<36}  {:<8}  {:<8}  {:<24}  {:<24}  NAME",
+            "ID", "ROLE", "STATUS", "LAST USED", "EXPIRES"
+        );
+        for k in keys {
+            let s = |f: &str| k[f].as_str().unwrap_or("-").to_string();
+            println!(
+                "{:<36}  {:<8}  {:<8}  {:<24}  {:<24}  {}",
+                s("id"),
+                s("role"),
+                s("status"),
+                s("last_used_at"),
+                s("expires_at"),
+                s("name")
+            );
+        }
+        return;
+    }
+    let key = &value["key"];
+    println!("id:      {}", key["id"].as_str().unwrap_or("-"));
+    println!("name:    {}", key["name"].as_str().unwrap_or("-"));
+    println!("role:    {}", key["role"].as_str().unwrap_or("-"));
+    println!("status:  {}", key["status"].as_str().unwrap_or("-"));
+    if let Some(expires) = key["expires_at"].as_str() {
+        println!("expires: {expires}");
+    }
+    if let Some(token) = value["token"].as_str() {
+        println!("key:     {token}");
+        println!("(shown once: store it now; keel keeps only a hash)");
+    }
+}

@@ -1,0 +1,142 @@
+//! One error shape for the API: `{"error": {"code", "message"}}` with the right status.
+//!
+//! Each room's error enum maps to a status and a stable code here. Internal errors answer 500
+//! with only the request id; their detail goes to the log (see `middleware`).
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::audit::AuditError;
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+/// An error answered to an API client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// Detail of an internal error, carried from the handler to the request middleware, which logs
+/// it with the request id and answers only the id.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);
+
+impl ApiError {
+    /// An error with a status, a stable code and a message for the client.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400 with a message saying what was wrong and where.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500; `detail` is logged, never sent.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            detail.to_string(),
+        )
+    }
+
+    /// The status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+            let mut response = self.status.into_response();
+            response
+                .extensions_mut()
+                .insert(InternalDetail(self.message));
+            return response;
+        }
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::WriterGone => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "keel is shutting down; try again shortly",
+            ),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Store(s) => s.into(),
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::MissingKey => Self::new(StatusCode::UNAUTHORIZED, "missing_key", message),
+            AuthError::InvalidKey => Self::new(StatusCode::UNAUTHORIZED, "invalid_key", message),
+            AuthError::Expired => Self::new(StatusCode::UNAUTHORIZED, "key_expired", message),
+            AuthError::Revoked => Self::new(StatusCode::UNAUTHORIZED, "key_revoked", message),
+            AuthError::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            AuthError::NotFound(_) => Self::not_found(message),
+            AuthError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+            }
+            AuthError::Store(s) => s.into(),
+            AuthError::SecretFile(_) => Self::internal(message),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match &rejection {
+            JsonRejection::JsonDataError(_) => "invalid_field",
+            JsonRejection::JsonSyntaxError(_) => "malformed_json",
+            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            _ => "bad_request",
+        };
+        Self::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(rejection.status(), "invalid_query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(rejection.status(), "invalid_path", rejection.body_text())
+    }
+}

@@ -1,0 +1,214 @@
+//! HTTP: the router (every route with the role it needs), middleware, and the server loop.
+//!
+//! `router(app)` is built apart from `serve(listener, router, shutdown)` so tests run the real
+//! router on `127.0.0.1:0`.
+
+mod api;
+pub mod error;
+pub mod middleware;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::routing::{MethodRouter, get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::app::App;
+use crate::auth::Role;
+pub use api::key_json;
+pub use middleware::Access;
+
+/// Shared state of every handler.
+pub type AppState = Arc<App>;
+
+/// A route: method, path template and who may call it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: Method,
+    /// Path template (`{id}` for parameters).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    handler: MethodRouter<AppState>,
+) -> (RouteSpec, MethodRouter<AppState>) {
+    (
+        RouteSpec {
+            method,
+            path,
+            access,
+        },
+        handler,
+    )
+}
+
+/// Every route with its role. The router is built from this table, and a test walks it.
+fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
+    use Access::{Public, Role as R};
+    vec![
+        route(Method::GET, "/health", Public, get(api::health)),
+        route(Method::GET, "/ready", Public, get(api::ready)),
+        route(
+            Method::GET,
+            "/metrics",
+            R(Role::Viewer),
+            get(api::metrics_text),
+        ),
+        route(
+            Method::GET,
+            "/metrics/json",
+            R(Role::Viewer),
+            get(api::metrics_json),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/metrics/history",
+            R(Role::Viewer),
+            get(api::metrics_history),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/system",
+            R(Role::Viewer),
+            get(api::system),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/cron/status",
+            R(Role::Viewer),
+            get(api::cron_status),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/audit",
+            R(Role::Viewer),
+            get(api::audit_list),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/audit/head",
+            R(Role::Viewer),
+            get(api::audit_head),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/audit/checkpoints",
+            R(Role::Viewer),
+            get(api::audit_checkpoints),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/audit/verify",
+            R(Role::Operator),
+            post(api::audit_verify),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/keys",
+            R(Role::Admin),
+            get(api::keys_list),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/keys",
+            R(Role::Admin),
+            post(api::keys_create),
+        ),
+        route(
+            Method::GET,
+            "/api/v1/keys/{id}",
+            R(Role::Admin),
+            get(api::keys_get),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/keys/{id}/revoke",
+            R(Role::Admin),
+            post(api::keys_revoke),
+        ),
+        route(
+            Method::POST,
+            "/api/v1/keys/{id}/rotate",
+            R(Role::Admin),
+            post(api::keys_rotate),
+        ),
+    ]
+}
+
+/// Every route and the access it needs.
+pub fn routes() -> Vec<RouteSpec> {
+    table().into_iter().map(|(spec, _)| spec).collect()
+}
+
+/// The full router over `app`.
+pub fn router(app: AppState) -> Router {
+    let mut router = Router::new();
+    for (spec, handler) in table() {
+        let guarded = handler.route_layer(axum::middleware::from_fn_with_state(
+            (Arc::clone(&app), spec.access),
+            middleware::require_access,
+        ));
+        router = router.route(spec.path, guarded);
+    }
+    let mut router = router
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(CatchPanicLayer::custom(middleware::panic_response))
+        .layer(DefaultBodyLimit::max(app.config.server.max_body_bytes));
+    if let Some(cors) = cors_layer(&app.config.server.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            middleware::request_context,
+        ))
+        .with_state(app)
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                middleware::REQUEST_ID.clone(),
+            ])
+            .expose_headers([middleware::REQUEST_ID.clone()]),
+    )
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
