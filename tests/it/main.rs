@@ -1,0 +1,27 @@
+//! keel's integration tests: one binary, the real router on 127.0.0.1:0 or the real `keel`
+//! binary, temporary data dirs.
+
+mod api;
+mod cli;
+mod crash;
+mod roles;
+mod support;
+mod tamper;
+
+/// The harness starts, serves and stops; the first start writes an admin key that works.
+#[test]
+fn harness_smoke() {
+    let app = support::TestApp::start();
+    assert_eq!(app.get("/health", None).status, 200);
+    assert_eq!(app.admin_get("/api/v1/system").status, 200);
+    let proc = support::KeelProcess::spawn(&app.dir.path().join("proc"), &[]).expect("spawns");
+    let r = support::request(
+        &proc.base,
+        "GET",
+        "/api/v1/keys",
+        Some(&proc.admin_key()),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(proc.terminate(), 0);
+}
