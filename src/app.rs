@@ -221,9 +221,20 @@ impl App {
     /// Stops the workers within the drain deadline (each flushes what it holds), then closes
     /// the store.
     pub async fn shutdown(&self) {
+        self.drain_workers().await;
+        self.close_store().await;
+    }
+
+    /// Marks keel as not ready and stops the workers within the drain deadline; each runs its
+    /// final step (metrics snapshot, last-use flush, audit checkpoint).
+    pub async fn drain_workers(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let report = self.supervisor.shutdown(self.config.shutdown.drain()).await;
         tracing::info!(stopped = ?report.stopped, aborted = ?report.aborted, "workers drained");
+    }
+
+    /// Finishes queued writes and closes the store.
+    pub async fn close_store(&self) {
         let store = Arc::clone(&self.store);
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         tracing::info!("store closed");
@@ -312,12 +323,27 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         "keel is serving"
     );
     let router = crate::http::router(Arc::clone(&app));
-    let served = crate::http::serve(listener, router, shutdown_signal()).await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server failed");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut server = tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        stop.clone().cancelled_owned(),
+    ));
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        ended = &mut server => {
+            tracing::error!(outcome = ?ended, "HTTP server stopped unexpectedly");
+        }
     }
+    // Stop accepting; open requests and workers share the drain deadline.
+    stop.cancel();
     tracing::info!("stopped accepting requests; draining");
-    app.shutdown().await;
+    let drain = app.config.shutdown.drain();
+    let (http, ()) = tokio::join!(tokio::time::timeout(drain, server), app.drain_workers());
+    if http.is_err() {
+        tracing::warn!("requests still open at the drain deadline were cut off");
+    }
+    app.close_store().await;
     Ok(())
 }
 
