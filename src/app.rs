@@ -124,26 +124,24 @@ impl Core {
     }
 }
 
-/// The running application: the rooms, the supervisor and facts about this process.
+/// The running application: the rooms (through [`Core`], which it dereferences to), the
+/// supervisor and facts about this process.
 pub struct App {
-    /// Effective configuration.
-    pub config: Arc<Config>,
-    /// Time source.
-    pub clock: SharedClock,
-    /// The database.
-    pub store: Arc<Store>,
-    /// The audit log.
-    pub audit: Arc<Audit>,
-    /// API keys.
-    pub auth: Arc<Auth>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
+    core: Core,
     /// Background workers.
     pub supervisor: Supervisor,
     /// When this process started (epoch ms).
     pub started_at_ms: Millis,
     started: Instant,
     shutting_down: AtomicBool,
+}
+
+impl std::ops::Deref for App {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 impl App {
@@ -165,12 +163,7 @@ impl App {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             supervisor: Supervisor::new(Arc::clone(&core.clock)),
-            config: core.config,
-            clock: core.clock,
-            store: core.store,
-            audit: core.audit,
-            auth: core.auth,
-            metrics: core.metrics,
+            core,
         });
         app.start_workers();
         Ok(app)
