@@ -11,8 +11,11 @@ use crate::audit::{self, Audit};
 use crate::auth::Auth;
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
+use crate::exec::circuit::Circuits;
+use crate::exec::{DispatchWorker, Dispatcher};
 use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
+use crate::queue::{Maintenance, Queue, QueueError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervisor::{StepFuture, Supervisor, Worker};
 
@@ -39,6 +42,12 @@ pub enum StartError {
     /// Keys could not be loaded.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// Interrupted tasks could not be recovered.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Signal handlers could not be installed.
+    #[error("cannot listen for shutdown signals: {0}")]
+    Signals(std::io::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -64,6 +73,10 @@ pub struct Core {
     pub auth: Arc<Auth>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The task queue.
+    pub queue: Arc<Queue>,
+    /// Circuit breakers of task targets.
+    pub circuits: Arc<Circuits>,
 }
 
 impl Core {
@@ -113,13 +126,29 @@ impl Core {
             Arc::clone(&clock),
             hash_key,
         )?);
+        let config = Arc::new(config);
+        let queue = Arc::new(Queue::new(
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+            Arc::clone(&config),
+        ));
+        let circuits = Arc::new(Circuits::load(
+            config.circuit.clone(),
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )?);
         Ok(Core {
-            config: Arc::new(config),
+            config,
             clock,
             store,
             audit,
             auth,
             metrics,
+            queue,
+            circuits,
         })
     }
 }
@@ -130,6 +159,8 @@ pub struct App {
     core: Core,
     /// Background workers.
     pub supervisor: Supervisor,
+    /// Runs queued tasks.
+    pub dispatcher: Arc<Dispatcher>,
     /// When this process started (epoch ms).
     pub started_at_ms: Millis,
     started: Instant,
@@ -158,7 +189,22 @@ impl App {
                 "no API keys existed: created an admin key and wrote it to this file (mode 0600); read it, store it safely, then delete the file"
             );
         }
+        let interrupted = core.queue.recover_interrupted().await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                tasks = interrupted,
+                "tasks were running when keel last stopped; they run again"
+            );
+        }
+        let dispatcher = Dispatcher::new(
+            Arc::clone(&core.queue),
+            Arc::clone(&core.circuits),
+            Arc::clone(&core.config),
+            Arc::clone(&core.clock),
+            Arc::clone(&core.metrics),
+        );
         let app = Arc::new(App {
+            dispatcher,
             started_at_ms: core.clock.now_ms(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
@@ -183,11 +229,20 @@ impl App {
             auth: Arc::clone(&self.auth),
             interval: config.auth.last_used_flush(),
         });
+        self.supervisor.spawn(DispatchWorker {
+            dispatcher: Arc::clone(&self.dispatcher),
+        });
+        self.supervisor.spawn(Maintenance {
+            queue: Arc::clone(&self.queue),
+            metrics: Arc::clone(&self.metrics),
+            last_purge: None,
+        });
         self.supervisor.spawn(CheckpointWorker {
             store: Arc::clone(&self.store),
             audit: Arc::clone(&self.audit),
             clock: Arc::clone(&self.clock),
             interval: config.audit.checkpoint_interval(),
+            shutdown: self.supervisor.cancellation(),
         });
     }
 
@@ -222,7 +277,11 @@ impl App {
     /// final step (metrics snapshot, last-use flush, audit checkpoint).
     pub async fn drain_workers(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let report = self.supervisor.shutdown(self.config.shutdown.drain()).await;
+        let drain = self.config.shutdown.drain();
+        let (report, ()) = tokio::join!(
+            self.supervisor.shutdown(drain),
+            self.dispatcher.drain(drain)
+        );
         tracing::info!(stopped = ?report.stopped, aborted = ?report.aborted, "workers drained");
     }
 
@@ -268,6 +327,8 @@ struct CheckpointWorker {
     audit: Arc<Audit>,
     clock: SharedClock,
     interval: Duration,
+    /// Cancelled at shutdown: the final step then signs any head that moved.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Worker for CheckpointWorker {
@@ -282,7 +343,11 @@ impl Worker for CheckpointWorker {
         Box::pin(async move {
             let audit = Arc::clone(&self.audit);
             let now = self.clock.now_ms();
-            let min_age = self.interval.as_millis() as i64;
+            let min_age = if self.shutdown.is_cancelled() {
+                0
+            } else {
+                self.interval.as_millis() as i64
+            };
             self.store
                 .write(move |tx| audit.checkpoint_if_due(tx, now, min_age))
                 .await
@@ -309,6 +374,7 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         addr: listen,
         source,
     })?;
+    let signalled = shutdown_signal().map_err(StartError::Signals)?;
     tracing::info!(
         version = VERSION,
         address = %local,
@@ -323,7 +389,7 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         stop.clone().cancelled_owned(),
     ));
     tokio::select! {
-        _ = shutdown_signal() => {}
+        _ = signalled => {}
         ended = &mut server => {
             tracing::error!(outcome = ?ended, "HTTP server stopped unexpectedly");
         }
@@ -340,18 +406,16 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Starts listening for SIGTERM and SIGINT at once (so a signal sent right after keel says it
+/// is serving is not lost) and returns a future that resolves on either.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }

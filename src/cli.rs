@@ -82,6 +82,9 @@ pub enum Command {
     },
     /// Print the version.
     Version,
+    /// Print the man page (roff) for `keel(1)`; used when building packages.
+    #[command(hide = true)]
+    Manpage,
     /// Measure performance on this machine.
     Bench {
         /// What to measure.
@@ -246,6 +249,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("keel {}", app::VERSION);
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Manpage => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("cannot write the man page")?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let config = load_config(&cli)?;
@@ -288,7 +297,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions { .. } | Command::Version => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Version | Command::Manpage => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -424,7 +435,7 @@ async fn keys_offline(
             role,
             expires_in,
         } => {
-            let expires_at = expires_in.map(|s| clock.now_ms().saturating_add((s * 1000) as i64));
+            let expires_at = expires_in.map(|s| clock.now_ms().saturating_add(secs_to_ms(s)));
             let new = NewKey {
                 name,
                 role,
@@ -440,7 +451,7 @@ async fn keys_offline(
             serde_json::json!({"key": crate::http::key_json(&view)})
         }
         KeysCommand::Rotate { id, overlap } => {
-            let overlap_ms = (overlap.unwrap_or(overlap_default) * 1000) as i64;
+            let overlap_ms = secs_to_ms(overlap.unwrap_or(overlap_default));
             created(
                 auth.rotate(actor, id, overlap_ms)
                     .await
@@ -448,6 +459,11 @@ async fn keys_offline(
             )
         }
     })
+}
+
+/// Seconds as milliseconds, saturating instead of overflowing on absurd durations.
+fn secs_to_ms(secs: u64) -> i64 {
+    secs.saturating_mul(1000).min(i64::MAX as u64) as i64
 }
 
 fn auth_failure(e: crate::auth::AuthError) -> Failure {

@@ -6,6 +6,7 @@
 //! [`Config::validate`]. The environment mapping needs no change: `KEEL_SECTION__KEY` works for
 //! every key.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,12 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The task queue.
+    pub queue: QueueConfig,
+    /// Circuit breakers in front of task targets.
+    pub circuit: CircuitConfig,
+    /// How each task type is executed, by type name.
+    pub handlers: BTreeMap<String, HandlerConfig>,
 }
 
 impl Default for Config {
@@ -64,6 +71,9 @@ impl Default for Config {
             auth: AuthConfig::default(),
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
+            queue: QueueConfig::default(),
+            circuit: CircuitConfig::default(),
+            handlers: BTreeMap::new(),
         }
     }
 }
@@ -241,6 +251,183 @@ impl MetricsConfig {
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_days.saturating_mul(86_400))
     }
+}
+
+/// `[queue]`: the durable task queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Tasks executed at once, over all types.
+    pub concurrency: usize,
+    /// Most tasks waiting (queued or retrying); more are refused with 429.
+    pub max_depth: u64,
+    /// How long a lease lasts before the reaper returns the task to the queue, in seconds.
+    pub lease_seconds: u64,
+    /// Attempts before a task is dead (per-handler `max_attempts` and per-task values override).
+    pub max_attempts: u32,
+    /// First retry delay, in milliseconds; doubles each attempt (with jitter).
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, in seconds.
+    pub backoff_max_seconds: u64,
+    /// Longest `Retry-After` honoured, in seconds.
+    pub retry_after_max_seconds: u64,
+    /// How long an idempotency key maps to its task, in seconds.
+    pub idempotency_retention_seconds: u64,
+    /// Default task timeout, in seconds.
+    pub default_timeout_seconds: u64,
+    /// Largest stored task result, in bytes (longer results are cut).
+    pub result_max_bytes: usize,
+    /// How long finished tasks (succeeded, cancelled) are kept, in days.
+    pub retention_days: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 10,
+            max_depth: 100_000,
+            lease_seconds: 900,
+            max_attempts: 3,
+            backoff_base_ms: 1000,
+            backoff_max_seconds: 60,
+            retry_after_max_seconds: 300,
+            idempotency_retention_seconds: 86_400,
+            default_timeout_seconds: 30,
+            result_max_bytes: 65_536,
+            retention_days: 7,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// `lease_seconds` as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+}
+
+/// `[circuit]`: circuit breakers per target (URL host, provider, command handler).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Failure ratio over the window above which the circuit opens (0 to 1).
+    pub threshold: f64,
+    /// Fewest outcomes in the window before the ratio counts.
+    pub min_volume: u64,
+    /// Length of the rolling window, in seconds.
+    pub window_seconds: u64,
+    /// How long an open circuit stays open before one trial is let through, in seconds.
+    pub open_seconds: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.1,
+            min_volume: 10,
+            window_seconds: 60,
+            open_seconds: 600,
+        }
+    }
+}
+
+/// `[handlers.<type>]`: how tasks of one type are executed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HandlerConfig {
+    /// POST the payload to a URL (a signed webhook).
+    Http(HttpHandlerConfig),
+    /// Run a local program with the payload on stdin.
+    Command(CommandHandlerConfig),
+}
+
+impl HandlerConfig {
+    /// Most tasks of this type running at once, if limited.
+    pub fn concurrency(&self) -> Option<usize> {
+        match self {
+            HandlerConfig::Http(h) => h.concurrency,
+            HandlerConfig::Command(c) => c.concurrency,
+        }
+    }
+
+    /// Attempts before a task of this type is dead, if set here.
+    pub fn max_attempts(&self) -> Option<u32> {
+        match self {
+            HandlerConfig::Http(h) => h.max_attempts,
+            HandlerConfig::Command(c) => c.max_attempts,
+        }
+    }
+}
+
+/// `kind = "http"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandlerConfig {
+    /// Where to send the payload (http or https).
+    pub url: String,
+    /// HTTP method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Standard Webhooks signing secret (`whsec_` + base64).
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    /// Request timeout, in seconds.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_seconds: u64,
+    /// Most requests in flight to this URL's host at once.
+    #[serde(default = "default_target_concurrency")]
+    pub target_concurrency: usize,
+    /// Most tasks of this type running at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Attempts before a task is dead.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// `kind = "command"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandHandlerConfig {
+    /// Program to run (no shell).
+    pub program: PathBuf,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// Environment variables passed through from keel's environment; nothing else is.
+    #[serde(default)]
+    pub env_allow: Vec<String>,
+    /// Time allowed, in seconds; then the process group is killed.
+    #[serde(default = "default_command_timeout")]
+    pub timeout_seconds: u64,
+    /// Most tasks of this type running at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Attempts before a task is dead.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+fn default_method() -> String {
+    "POST".to_string()
+}
+
+fn default_http_timeout() -> u64 {
+    30
+}
+
+fn default_target_concurrency() -> usize {
+    8
+}
+
+fn default_command_timeout() -> u64 {
+    60
 }
 
 /// `[shutdown]`: graceful shutdown.
@@ -551,6 +738,108 @@ impl Config {
             1,
             3600,
         )?;
+        self.validate_queue()?;
+        self.validate_handlers()
+    }
+
+    fn validate_queue(&self) -> Result<(), ConfigError> {
+        let q = &self.queue;
+        between("queue.concurrency", q.concurrency as u64, 1, 10_000)?;
+        at_least("queue.max_depth", q.max_depth, 1)?;
+        at_least("queue.lease_seconds", q.lease_seconds, 1)?;
+        between("queue.max_attempts", u64::from(q.max_attempts), 1, 1000)?;
+        at_least("queue.backoff_base_ms", q.backoff_base_ms, 1)?;
+        at_least("queue.backoff_max_seconds", q.backoff_max_seconds, 1)?;
+        at_least(
+            "queue.default_timeout_seconds",
+            q.default_timeout_seconds,
+            1,
+        )?;
+        between(
+            "queue.result_max_bytes",
+            q.result_max_bytes as u64,
+            1,
+            16 << 20,
+        )?;
+        at_least("queue.retention_days", q.retention_days, 1)?;
+        let c = &self.circuit;
+        if !(c.threshold > 0.0 && c.threshold <= 1.0) {
+            return Err(invalid(
+                "circuit.threshold",
+                format!("must be above 0 and at most 1, got {}", c.threshold),
+            ));
+        }
+        at_least("circuit.min_volume", c.min_volume, 1)?;
+        at_least("circuit.window_seconds", c.window_seconds, 1)?;
+        at_least("circuit.open_seconds", c.open_seconds, 1)?;
+        Ok(())
+    }
+
+    fn validate_handlers(&self) -> Result<(), ConfigError> {
+        for (name, handler) in &self.handlers {
+            let key = |field: &str| format!("handlers.{name}.{field}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid_name {
+                return Err(invalid(
+                    &format!("handlers.{name}"),
+                    "a task type is 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if let Some(n) = handler.concurrency() {
+                between(&key("concurrency"), n as u64, 1, 10_000)?;
+            }
+            if let Some(n) = handler.max_attempts() {
+                between(&key("max_attempts"), u64::from(n), 1, 1000)?;
+            }
+            match handler {
+                HandlerConfig::Http(h) => {
+                    let url = h.url.trim();
+                    if !(url.starts_with("http://") || url.starts_with("https://"))
+                        || url.len() < 10
+                    {
+                        return Err(invalid(
+                            &key("url"),
+                            format!("must be an http:// or https:// URL, got {url:?}"),
+                        ));
+                    }
+                    if !["POST", "PUT", "PATCH"].contains(&h.method.as_str()) {
+                        return Err(invalid(
+                            &key("method"),
+                            format!("must be POST, PUT or PATCH, got {:?}", h.method),
+                        ));
+                    }
+                    if let Some(secret) = &h.signing_secret {
+                        let ok = secret.expose().strip_prefix("whsec_").is_some_and(|b64| {
+                            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                                .is_ok_and(|k| k.len() >= 16)
+                        });
+                        if !ok {
+                            return Err(invalid(
+                                &key("signing_secret"),
+                                "must be `whsec_` followed by base64 of at least 16 bytes",
+                            ));
+                        }
+                    }
+                    between(&key("timeout_seconds"), h.timeout_seconds, 1, 3600)?;
+                    between(
+                        &key("target_concurrency"),
+                        h.target_concurrency as u64,
+                        1,
+                        1000,
+                    )?;
+                }
+                HandlerConfig::Command(c) => {
+                    if c.program.as_os_str().is_empty() {
+                        return Err(invalid(&key("program"), "must not be empty"));
+                    }
+                    between(&key("timeout_seconds"), c.timeout_seconds, 1, 86_400)?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -31,6 +31,10 @@ pub trait Worker: Send + 'static {
     fn interval(&self) -> Duration;
     /// Does one round of work.
     fn step(&mut self) -> StepFuture<'_>;
+    /// Wakes the worker before its interval is up (e.g. when work arrives).
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
     /// Whether `step` runs once more during shutdown (to flush what it holds).
     fn runs_on_shutdown(&self) -> bool {
         false
@@ -199,14 +203,22 @@ async fn run_worker(
     cancel: CancellationToken,
 ) {
     let interval = worker.interval();
+    let wake = worker.wake();
     let mut delay = interval;
     loop {
         update(&status, |s| {
             s.next_run_at = Some(clock.now_ms() + delay.as_millis() as i64)
         });
+        let woken = async {
+            match &wake {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
+            _ = woken => {}
         }
         let failures = run_step(&mut worker, &status, &clock).await;
         delay = if failures == 0 {
@@ -263,6 +275,9 @@ fn update(status: &Mutex<WorkerStatus>, f: impl FnOnce(&mut WorkerStatus)) {
 
 /// `90s` → `1m30s`, for schedules.
 pub fn humanize(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
     let secs = d.as_secs();
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     let mut out = String::new();
@@ -272,7 +287,7 @@ pub fn humanize(d: Duration) -> String {
     if m > 0 {
         out.push_str(&format!("{m}m"));
     }
-    if s > 0 || out.is_empty() {
+    if s > 0 {
         out.push_str(&format!("{s}s"));
     }
     out
@@ -342,6 +357,6 @@ mod tests {
     fn humanizes_intervals() {
         assert_eq!(humanize(Duration::from_secs(90)), "1m30s");
         assert_eq!(humanize(Duration::from_secs(3600)), "1h");
-        assert_eq!(humanize(Duration::from_secs(0)), "0s");
+        assert_eq!(humanize(Duration::from_millis(250)), "250ms");
     }
 }

@@ -47,7 +47,7 @@ fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiEr
     })
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
         .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a valid id (a UUID)")))
 }
@@ -380,9 +380,7 @@ pub(super) async fn keys_rotate(
 ) -> Result<Response, ApiError> {
     let actor = principal(request.extensions())?.actor();
     let id = parse_id(&id)?;
-    let body = Bytes::from_request(request, &app)
-        .await
-        .map_err(|e| ApiError::new(e.status(), "bad_request", e.body_text()))?;
+    let body = Bytes::from_request(request, &app).await?;
     let rotate: RotateKey = optional_body(&body)?;
     let overlap = rotate
         .overlap_seconds

@@ -4,13 +4,15 @@
 //! with only the request id; their detail goes to the log (see `middleware`).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
+use crate::exec::circuit::CircuitError;
+use crate::queue::QueueError;
 use crate::store::StoreError;
 
 /// An error answered to an API client.
@@ -19,6 +21,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after_secs: Option<u64>,
 }
 
 /// Detail of an internal error, carried from the handler to the request middleware, which logs
@@ -33,6 +36,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -71,7 +75,40 @@ impl IntoResponse for ApiError {
             return response;
         }
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        let message = e.to_string();
+        match e {
+            QueueError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+            }
+            QueueError::NotFound(_) => Self::not_found(message),
+            QueueError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            QueueError::Full { .. } => ApiError {
+                retry_after_secs: Some(5),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+            },
+            QueueError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<CircuitError> for ApiError {
+    fn from(e: CircuitError) -> Self {
+        match e {
+            CircuitError::NotFound(_) => Self::not_found(e.to_string()),
+            CircuitError::Store(s) => s.into(),
+        }
     }
 }
 
@@ -124,6 +161,17 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
             _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             _ => "bad_request",
+        };
+        Self::new(rejection.status(), code, rejection.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "bad_request"
         };
         Self::new(rejection.status(), code, rejection.body_text())
     }

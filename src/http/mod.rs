@@ -6,6 +6,7 @@
 mod api;
 pub mod error;
 pub mod middleware;
+mod tasks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -22,6 +23,7 @@ use crate::app::App;
 use crate::auth::Role;
 pub use api::key_json;
 pub use middleware::Access;
+pub use tasks::task_json;
 
 /// Shared state of every handler.
 pub type AppState = Arc<App>;
@@ -54,95 +56,40 @@ fn route(
 }
 
 /// Every route with its role. The router is built from this table, and a test walks it.
+#[rustfmt::skip]
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
     use Access::{Public, Role as R};
+    use Role::{Admin, Operator, Service, Viewer};
     vec![
         route(Method::GET, "/health", Public, get(api::health)),
         route(Method::GET, "/ready", Public, get(api::ready)),
-        route(
-            Method::GET,
-            "/metrics",
-            R(Role::Viewer),
-            get(api::metrics_text),
-        ),
-        route(
-            Method::GET,
-            "/metrics/json",
-            R(Role::Viewer),
-            get(api::metrics_json),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/metrics/history",
-            R(Role::Viewer),
-            get(api::metrics_history),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/system",
-            R(Role::Viewer),
-            get(api::system),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/cron/status",
-            R(Role::Viewer),
-            get(api::cron_status),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/audit",
-            R(Role::Viewer),
-            get(api::audit_list),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/audit/head",
-            R(Role::Viewer),
-            get(api::audit_head),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/audit/checkpoints",
-            R(Role::Viewer),
-            get(api::audit_checkpoints),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/audit/verify",
-            R(Role::Operator),
-            post(api::audit_verify),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/keys",
-            R(Role::Admin),
-            get(api::keys_list),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/keys",
-            R(Role::Admin),
-            post(api::keys_create),
-        ),
-        route(
-            Method::GET,
-            "/api/v1/keys/{id}",
-            R(Role::Admin),
-            get(api::keys_get),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/keys/{id}/revoke",
-            R(Role::Admin),
-            post(api::keys_revoke),
-        ),
-        route(
-            Method::POST,
-            "/api/v1/keys/{id}/rotate",
-            R(Role::Admin),
-            post(api::keys_rotate),
-        ),
+        route(Method::GET, "/metrics", R(Viewer), get(api::metrics_text)),
+        route(Method::GET, "/metrics/json", R(Viewer), get(api::metrics_json)),
+        route(Method::GET, "/api/v1/metrics/history", R(Viewer), get(api::metrics_history)),
+        route(Method::GET, "/api/v1/system", R(Viewer), get(api::system)),
+        route(Method::GET, "/api/v1/cron/status", R(Viewer), get(api::cron_status)),
+        route(Method::GET, "/api/v1/audit", R(Viewer), get(api::audit_list)),
+        route(Method::GET, "/api/v1/audit/head", R(Viewer), get(api::audit_head)),
+        route(Method::GET, "/api/v1/audit/checkpoints", R(Viewer), get(api::audit_checkpoints)),
+        route(Method::POST, "/api/v1/audit/verify", R(Operator), post(api::audit_verify)),
+        route(Method::GET, "/api/v1/keys", R(Admin), get(api::keys_list)),
+        route(Method::POST, "/api/v1/keys", R(Admin), post(api::keys_create)),
+        route(Method::GET, "/api/v1/keys/{id}", R(Admin), get(api::keys_get)),
+        route(Method::POST, "/api/v1/keys/{id}/revoke", R(Admin), post(api::keys_revoke)),
+        route(Method::POST, "/api/v1/keys/{id}/rotate", R(Admin), post(api::keys_rotate)),
+        route(Method::POST, "/api/v1/tasks", R(Service), post(tasks::submit)),
+        route(Method::GET, "/api/v1/tasks", R(Viewer), get(tasks::list)),
+        route(Method::GET, "/api/v1/tasks/{id}", R(Viewer), get(tasks::get)),
+        route(Method::GET, "/api/v1/tasks/{id}/logs", R(Viewer), get(tasks::logs)),
+        route(Method::POST, "/api/v1/tasks/{id}/cancel", R(Operator), post(tasks::cancel)),
+        route(Method::GET, "/api/v1/stream/{id}", R(Viewer), get(tasks::stream)),
+        route(Method::GET, "/api/v1/runs", R(Viewer), get(tasks::runs)),
+        route(Method::GET, "/api/v1/dlq/stats", R(Viewer), get(tasks::dlq_stats)),
+        route(Method::GET, "/api/v1/dlq", R(Viewer), get(tasks::dlq_list)),
+        route(Method::POST, "/api/v1/dlq/drain", R(Operator), post(tasks::dlq_drain)),
+        route(Method::DELETE, "/api/v1/dlq/{id}", R(Operator), delete(tasks::dlq_delete)),
+        route(Method::GET, "/api/v1/circuits", R(Viewer), get(tasks::circuits)),
+        route(Method::POST, "/api/v1/circuits/{name}/reset", R(Operator), post(tasks::circuit_reset)),
     ]
 }
 

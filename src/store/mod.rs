@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::CommitObserver;
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -304,7 +304,8 @@ fn read_version(tx: &ReadTransaction, path: &Path) -> Result<Option<u64>, StoreE
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` upgrades version `n` to `n + 1`; the last one reaches [`SCHEMA_VERSION`].
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [create_initial_tables];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
+    [create_initial_tables, create_queue_tables];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::META)?;
@@ -312,6 +313,20 @@ fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::AUDIT_CHECKPOINTS)?;
     tx.open_table(tables::API_KEYS)?;
     tx.open_table(tables::METRIC_SNAPSHOTS)?;
+    Ok(())
+}
+
+fn create_queue_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::TASKS)?;
+    tx.open_table(tables::TASKS_READY)?;
+    tx.open_table(tables::TASKS_DELAYED)?;
+    tx.open_table(tables::TASKS_LEASED)?;
+    tx.open_table(tables::TASKS_BY_STATUS)?;
+    tx.open_table(tables::TASK_COUNTS)?;
+    tx.open_table(tables::IDEMPOTENCY_KEYS)?;
+    tx.open_table(tables::IDEMPOTENCY_EXPIRY)?;
+    tx.open_table(tables::TASK_LOGS)?;
+    tx.open_table(tables::CIRCUITS)?;
     Ok(())
 }
 

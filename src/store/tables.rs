@@ -32,3 +32,38 @@ pub const BENCH_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("ben
 /// A table only the store's own unit tests write.
 #[cfg(test)]
 pub const BENCH_RECORDS_TEST: TableDefinition<u64, u64> = TableDefinition::new("store_test_v1");
+
+/// Tasks: task id (UUIDv7 as `u128`) → task record.
+pub const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks_v1");
+
+/// Tasks ready to run, in the order they are leased: (priority, due ms, task id).
+pub const TASKS_READY: TableDefinition<(u32, i64, u128), ()> =
+    TableDefinition::new("tasks_ready_v1");
+
+/// Tasks waiting for a time (a later `run_at`, a retry backoff, an open circuit): (due ms, id).
+pub const TASKS_DELAYED: TableDefinition<(i64, u128), ()> =
+    TableDefinition::new("tasks_delayed_v1");
+
+/// Leased tasks by lease expiry, for the reaper: (expires ms, id).
+pub const TASKS_LEASED: TableDefinition<(i64, u128), ()> = TableDefinition::new("tasks_leased_v1");
+
+/// Tasks by status, for listing: (status code, id).
+pub const TASKS_BY_STATUS: TableDefinition<(u8, u128), ()> =
+    TableDefinition::new("tasks_by_status_v1");
+
+/// Task counts by (status code, task type), kept with every transition.
+pub const TASK_COUNTS: TableDefinition<(u8, &str), u64> = TableDefinition::new("task_counts_v1");
+
+/// Idempotency keys: key → (task id, expires ms).
+pub const IDEMPOTENCY_KEYS: TableDefinition<&str, (u128, i64)> =
+    TableDefinition::new("idempotency_keys_v1");
+
+/// Idempotency keys by expiry, for pruning: (expires ms, key).
+pub const IDEMPOTENCY_EXPIRY: TableDefinition<(i64, &str), ()> =
+    TableDefinition::new("idempotency_expiry_v1");
+
+/// Log lines of tasks: (task id, line number) → line.
+pub const TASK_LOGS: TableDefinition<(u128, u32), &str> = TableDefinition::new("task_logs_v1");
+
+/// Circuit breaker state by target name → circuit record.
+pub const CIRCUITS: TableDefinition<&str, &[u8]> = TableDefinition::new("circuits_v1");

@@ -113,8 +113,10 @@ pub struct TestApp {
 
 /// A configuration for tests: defaults, the given data dir, an ephemeral port.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_path_buf();
+    let mut config = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Config::default()
+    };
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config
 }
@@ -367,5 +369,63 @@ impl Drop for KeelProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Sends a request with exactly the given headers (no key added) and an optional raw body.
+pub fn request_with_headers(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let url = format!("{base}{path}");
+    let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let req = builder
+        .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+        .expect("valid request");
+    let mut response = agent()
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Resp {
+        status,
+        body,
+        headers,
+    }
+}
+
+impl TestApp {
+    /// The audit head's sequence number, read through the API as the initial admin.
+    pub fn audit_seq(&self) -> u64 {
+        let r = self.admin_get("/api/v1/audit/head");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["seq"].as_u64().expect("head seq")
+    }
+
+    /// Creates a key through the API as the initial admin; returns (id, token).
+    pub fn create_key_with(&self, body: &Value) -> (String, String) {
+        let r = self.post_json("/api/v1/keys", Some(&self.admin_key), body);
+        assert_eq!(r.status, 201, "{}", r.body);
+        let v = r.json();
+        (
+            v["key"]["id"].as_str().expect("key id").to_string(),
+            v["token"].as_str().expect("token").to_string(),
+        )
     }
 }
