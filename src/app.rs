@@ -9,10 +9,12 @@ use tokio::net::TcpListener;
 
 use crate::audit::{self, Audit};
 use crate::auth::Auth;
+use crate::budget::{BudgetGauges, Budgets};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::exec::circuit::Circuits;
 use crate::exec::{DispatchWorker, Dispatcher};
+use crate::inbox::{Inbox, InboxPrune};
 use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
 use crate::queue::{Maintenance, Queue, QueueError};
@@ -77,6 +79,10 @@ pub struct Core {
     pub queue: Arc<Queue>,
     /// Circuit breakers of task targets.
     pub circuits: Arc<Circuits>,
+    /// Inbound webhooks.
+    pub inbox: Arc<Inbox>,
+    /// LLM budgets and the cost ledger.
+    pub budgets: Arc<Budgets>,
 }
 
 impl Core {
@@ -140,6 +146,20 @@ impl Core {
             Arc::clone(&clock),
             Arc::clone(&metrics),
         )?);
+        let inbox = Arc::new(Inbox::new(
+            Arc::clone(&store),
+            Arc::clone(&queue),
+            Arc::clone(&clock),
+            Arc::clone(&config),
+            Arc::clone(&metrics),
+        ));
+        let budgets = Arc::new(Budgets::load(
+            &config.llm,
+            Arc::clone(&store),
+            Arc::clone(&audit),
+            Arc::clone(&clock),
+            Arc::clone(&metrics),
+        )?);
         Ok(Core {
             config,
             clock,
@@ -149,6 +169,8 @@ impl Core {
             metrics,
             queue,
             circuits,
+            inbox,
+            budgets,
         })
     }
 }
@@ -202,6 +224,8 @@ impl App {
             Arc::clone(&core.config),
             Arc::clone(&core.clock),
             Arc::clone(&core.metrics),
+            Arc::clone(&core.budgets),
+            Arc::clone(&core.store),
         );
         let app = Arc::new(App {
             dispatcher,
@@ -229,6 +253,9 @@ impl App {
             auth: Arc::clone(&self.auth),
             interval: config.auth.last_used_flush(),
         });
+        self.supervisor.spawn(BudgetGauges {
+            budgets: Arc::clone(&self.budgets),
+        });
         self.supervisor.spawn(DispatchWorker {
             dispatcher: Arc::clone(&self.dispatcher),
         });
@@ -236,6 +263,9 @@ impl App {
             queue: Arc::clone(&self.queue),
             metrics: Arc::clone(&self.metrics),
             last_purge: None,
+        });
+        self.supervisor.spawn(InboxPrune {
+            inbox: Arc::clone(&self.inbox),
         });
         self.supervisor.spawn(CheckpointWorker {
             store: Arc::clone(&self.store),

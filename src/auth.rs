@@ -26,6 +26,9 @@ use crate::store::{Store, StoreError};
 pub const KEY_PREFIX: &str = "keel_";
 /// File in the data dir holding the generated key-hash secret when none is configured.
 pub const KEY_HASH_SECRET_FILE: &str = "key-hash.secret";
+/// The latest expiry accepted: 9999-12-31T23:59:59.999Z.
+const LATEST_EXPIRY_MS: Millis = 253_402_300_799_999;
+
 /// File in the data dir the first admin key is written to.
 pub const INITIAL_ADMIN_KEY_FILE: &str = "initial-admin-key";
 
@@ -405,6 +408,11 @@ impl Auth {
         if new.expires_at.is_some_and(|t| t <= now) {
             return Err(AuthError::Invalid(
                 "expires_at: must be in the future".into(),
+            ));
+        }
+        if new.expires_at.is_some_and(|t| t > LATEST_EXPIRY_MS) {
+            return Err(AuthError::Invalid(
+                "expires_at: must be before the year 10000".into(),
             ));
         }
         let id = Uuid::now_v7();

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `config check`, `audit verify`, `keys …`, `healthcheck`,
-//! `completions`, `version` and `bench store`.
+//! `doctor`, `completions`, `version` and `bench store` (and the hidden `manpage`, used when
+//! building packages).
 //!
 //! Exit codes: 0 success, 1 failure (including a failed verification or health check),
 //! 2 bad usage or bad configuration.
@@ -58,22 +59,39 @@ pub enum Command {
     },
     /// Manage API keys: through the running server, or directly when it is stopped.
     Keys {
-        /// Server URL when it is running (default: from server.listen; env KEEL_URL).
-        #[arg(long, global = true, env = "KEEL_URL", value_name = "URL")]
-        url: Option<String>,
-        /// Admin key for the running server (env KEEL_API_KEY; default: the
-        /// initial-admin-key file in the data dir, if readable).
-        #[arg(long, global = true, env = "KEEL_API_KEY", hide_env_values = true)]
-        api_key: Option<String>,
+        /// How to reach a running server.
+        #[command(flatten)]
+        server: ServerAccess,
         /// What to do.
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Inspect and drain the dead-letter queue: through the running server, or directly when
+    /// it is stopped.
+    Dlq {
+        /// How to reach a running server.
+        #[command(flatten)]
+        server: ServerAccess,
+        /// What to do.
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Exit 0 when the server's /ready answers 200 (for container and systemd checks).
     Healthcheck {
         /// Server URL (default: from server.listen; env KEEL_URL).
         #[arg(long, env = "KEEL_URL", value_name = "URL")]
         url: Option<String>,
+    },
+    /// Check the installation: config, data dir, disk, database, schema, audit chain, secret
+    /// file modes, clock, listen port and systemd unit. Exits 1 when a check fails.
+    Doctor {
+        /// Print the report as JSON: {"ok": bool, "checks": [{name, status, message, hint}]}.
+        #[arg(long)]
+        json: bool,
+        /// An operator or admin key, so that a running keel verifies its audit chain for doctor
+        /// (env KEEL_API_KEY; default: the initial-admin-key file in the data dir, if readable).
+        #[arg(long, env = "KEEL_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
     /// Print shell completions.
     Completions {
@@ -82,14 +100,49 @@ pub enum Command {
     },
     /// Print the version.
     Version,
-    /// Print the man page (roff) for `keel(1)`; used when building packages.
+    /// Write the man pages (`keel.1` and one per subcommand, roff) into DIR; used when
+    /// building packages.
     #[command(hide = true)]
-    Manpage,
+    Manpage {
+        /// Directory to write the pages into (it must exist).
+        dir: PathBuf,
+    },
     /// Measure performance on this machine.
     Bench {
         /// What to measure.
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+/// How management commands reach a running server (when it holds the database).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerAccess {
+    /// Server URL when it is running (default: from server.listen; env KEEL_URL).
+    #[arg(long, global = true, env = "KEEL_URL", value_name = "URL")]
+    url: Option<String>,
+    /// API key for the running server (env KEEL_API_KEY; default: the initial-admin-key
+    /// file in the data dir, if readable).
+    #[arg(long, global = true, env = "KEEL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// `keel dlq …`
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead tasks by type and error class, and the oldest one's age.
+    Stats,
+    /// Move dead tasks back to the queue with fresh attempts.
+    Drain {
+        /// Only tasks of this type.
+        #[arg(long, value_name = "TYPE")]
+        filter_type: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N")]
+        max: usize,
+        /// Only list what would move.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -145,6 +198,15 @@ pub enum BenchCommand {
     /// Durable write rates: raw redb single commits vs keel's group commit.
     Store {
         /// Directory for the scratch database (default: the current directory's disk).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+    /// Task queue rates: durable enqueue and full lifecycle, in-process and over HTTP.
+    Queue {
+        /// Directory for the scratch databases (default: the current directory's disk).
         #[arg(long, value_name = "DIR", default_value = ".")]
         dir: PathBuf,
         /// Seconds per measurement.
@@ -242,17 +304,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut script);
+            write_stdout(&script)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Version => {
             println!("keel {}", app::VERSION);
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Manpage => {
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
-                .context("cannot write the man page")?;
+        Command::Doctor { json, api_key } => {
+            return doctor(cli.config.clone(), *json, api_key.clone());
+        }
+        Command::Manpage { dir } => {
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -280,13 +346,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             init_logging(&config, Some("warn"));
             audit_verify(&config)
         }
-        Command::Keys {
-            url,
-            api_key,
-            command,
-        } => {
+        Command::Keys { server, command } => {
             init_logging(&config, Some("warn"));
-            keys(config, clock, url, api_key, command)
+            keys(config, clock, server, command)
+        }
+        Command::Dlq { server, command } => {
+            init_logging(&config, Some("warn"));
+            dlq(config, clock, server, command)
         }
         Command::Healthcheck { url } => healthcheck(&config, url),
         Command::Bench {
@@ -297,9 +363,57 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Completions { .. } | Command::Version | Command::Manpage => {
+        Command::Bench {
+            command: BenchCommand::Queue { dir, seconds },
+        } => {
+            init_logging(&config, Some("warn"));
+            crate::bench::queue(&dir, std::time::Duration::from_secs(seconds.max(1)))
+                .map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { .. }
+        | Command::Version
+        | Command::Manpage { .. }
+        | Command::Doctor { .. } => {
             unreachable!("handled above")
         }
+    }
+}
+
+/// `keel doctor`: runs every check (a bad configuration is one of them, not a usage error).
+fn doctor(
+    config_file: Option<PathBuf>,
+    json: bool,
+    api_key: Option<String>,
+) -> Result<ExitCode, Failure> {
+    let report = crate::doctor::run(&crate::doctor::Options {
+        load: LoadOptions::from_process_env(config_file),
+        api_key,
+        now_ms: SystemClock.now_ms(),
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("cannot encode the report")?
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Writes to stdout; a closed pipe (`keel … | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::Error::new(e)
+            .context("cannot write to stdout")
+            .into()),
+        _ => Ok(()),
     }
 }
 
@@ -380,43 +494,164 @@ fn healthcheck(config: &Config, url: Option<String>) -> Result<ExitCode, Failure
     }
 }
 
-fn keys(
-    config: Config,
-    clock: SharedClock,
-    url: Option<String>,
-    api_key: Option<String>,
-    command: KeysCommand,
-) -> Result<ExitCode, Failure> {
-    let overlap_default = config.auth.rotation_overlap_seconds;
-    match Core::open(config.clone(), Arc::clone(&clock)) {
-        Ok(core) => {
-            let rt = runtime()?;
-            let result = rt.block_on(keys_offline(
-                &core,
-                clock.as_ref(),
-                command,
-                overlap_default,
-            ));
-            core.store.close();
-            print_keys_result(result?);
-            Ok(ExitCode::SUCCESS)
-        }
+/// Where a management command runs.
+enum Target {
+    /// On the database directly (the server is stopped).
+    Offline(Core),
+    /// Through the running server's API.
+    Remote {
+        /// Base URL.
+        base: String,
+        /// API key.
+        token: String,
+    },
+}
+
+/// Opens the database for a management command, or, when a running keel holds it, prepares to
+/// go through its API.
+fn management_target(
+    config: &Config,
+    clock: &SharedClock,
+    server: ServerAccess,
+) -> Result<Target, Failure> {
+    match Core::open(config.clone(), Arc::clone(clock)) {
+        Ok(core) => Ok(Target::Offline(core)),
         Err(StartError::Store(StoreError::Locked { .. })) => {
-            let base = server_url(&config, url);
-            let token = match api_key {
+            let token = match server.api_key {
                 Some(k) => k,
                 None => std::fs::read_to_string(config.data_dir.join(INITIAL_ADMIN_KEY_FILE))
                     .map(|s| s.trim().to_string())
                     .map_err(|_| {
                         usage(anyhow!(
-                            "keel is running, so keys are managed through its API: give an admin key with --api-key or KEEL_API_KEY"
+                            "keel is running, so this goes through its API: give an API key with --api-key or KEEL_API_KEY"
                         ))
                     })?,
             };
-            print_keys_result(keys_remote(&base, &token, command)?);
-            Ok(ExitCode::SUCCESS)
+            Ok(Target::Remote {
+                base: server_url(config, server.url),
+                token,
+            })
         }
         Err(e) => Err(start_failure(e)),
+    }
+}
+
+/// Runs `work` on the offline core and closes the store afterwards.
+fn run_offline<F, Fut>(core: Core, work: F) -> Result<Value, Failure>
+where
+    F: FnOnce(Arc<Core>) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, Failure>>,
+{
+    let core = Arc::new(core);
+    let result = runtime()?.block_on(work(Arc::clone(&core)));
+    core.store.close();
+    result
+}
+
+fn keys(
+    config: Config,
+    clock: SharedClock,
+    server: ServerAccess,
+    command: KeysCommand,
+) -> Result<ExitCode, Failure> {
+    let overlap_default = config.auth.rotation_overlap_seconds;
+    let value = match management_target(&config, &clock, server)? {
+        Target::Offline(core) => run_offline(core, |core| async move {
+            keys_offline(&core, clock.as_ref(), command, overlap_default).await
+        })?,
+        Target::Remote { base, token } => keys_remote(&base, &token, command)?,
+    };
+    print_keys_result(value);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dlq(
+    config: Config,
+    clock: SharedClock,
+    server: ServerAccess,
+    command: DlqCommand,
+) -> Result<ExitCode, Failure> {
+    let value = match management_target(&config, &clock, server)? {
+        Target::Offline(core) => run_offline(core, |core| async move {
+            let queue_failure = |e: crate::queue::QueueError| match e {
+                crate::queue::QueueError::Invalid(_) => usage(e),
+                other => Failure::from(anyhow::Error::new(other)),
+            };
+            Ok(match command {
+                DlqCommand::Stats => {
+                    serde_json::to_value(core.queue.dlq_stats().await.map_err(queue_failure)?)
+                        .unwrap_or_default()
+                }
+                DlqCommand::Drain {
+                    filter_type,
+                    max,
+                    dry_run,
+                } => {
+                    let report = core
+                        .queue
+                        .dlq_drain(crate::audit::SYSTEM_ACTOR, filter_type, max, dry_run)
+                        .await
+                        .map_err(queue_failure)?;
+                    serde_json::json!({
+                        "dry_run": report.dry_run,
+                        "count": report.tasks.len(),
+                        "tasks": report.tasks.iter().map(|t| serde_json::json!({
+                            "id": t.id, "type": t.task_type, "error_class": t.last_error_class(),
+                        })).collect::<Vec<_>>(),
+                    })
+                }
+            })
+        })?,
+        Target::Remote { base, token } => match command {
+            DlqCommand::Stats => remote_call(&base, &token, "GET", "/api/v1/dlq/stats", None)?,
+            DlqCommand::Drain {
+                filter_type,
+                max,
+                dry_run,
+            } => remote_call(
+                &base,
+                &token,
+                "POST",
+                "/api/v1/dlq/drain",
+                Some(
+                    serde_json::json!({"filter_type": filter_type, "max": max, "dry_run": dry_run}),
+                ),
+            )?,
+        },
+    };
+    print_dlq_result(&value);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_dlq_result(value: &Value) {
+    if let Some(total) = value["total"].as_u64() {
+        println!("dead tasks: {total}");
+        if let Some(age) = value["oldest_age_seconds"].as_u64() {
+            println!("oldest:     {age}s ago");
+        }
+        for (title, field) in [("by type", "by_type"), ("by error class", "by_error_class")] {
+            if let Some(map) = value[field].as_object().filter(|m| !m.is_empty()) {
+                println!("{title}:");
+                for (k, v) in map {
+                    println!("  {k:<32} {v}");
+                }
+            }
+        }
+        return;
+    }
+    let verb = if value["dry_run"] == Value::Bool(true) {
+        "would move"
+    } else {
+        "moved"
+    };
+    println!("{verb} {} task(s) back to the queue", value["count"]);
+    for t in value["tasks"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {:<24} {}",
+            t["id"].as_str().unwrap_or("-"),
+            t["type"].as_str().unwrap_or("-"),
+            t["error_class"].as_str().unwrap_or("-")
+        );
     }
 }
 
@@ -475,8 +710,6 @@ fn auth_failure(e: crate::auth::AuthError) -> Failure {
 }
 
 fn keys_remote(base: &str, token: &str, command: KeysCommand) -> Result<Value, Failure> {
-    let agent = http_agent();
-    let auth = format!("Bearer {token}");
     let (method, path, body) = match command {
         KeysCommand::Create {
             name,
@@ -495,6 +728,19 @@ fn keys_remote(base: &str, token: &str, command: KeysCommand) -> Result<Value, F
             Some(serde_json::json!({"overlap_seconds": overlap})),
         ),
     };
+    remote_call(base, token, method, &path, body)
+}
+
+/// One API call to the running server; a 4xx is a usage failure (exit 2) with its message.
+fn remote_call(
+    base: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Failure> {
+    let agent = http_agent();
+    let auth = format!("Bearer {token}");
     let url = format!("{base}{path}");
     let response = match (method, body) {
         ("GET", _) => agent.get(&url).header("authorization", &auth).call(),

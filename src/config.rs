@@ -58,6 +58,10 @@ pub struct Config {
     pub circuit: CircuitConfig,
     /// How each task type is executed, by type name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Inbound webhooks.
+    pub inbox: InboxConfig,
+    /// LLM providers (for `kind = "llm"` handlers), their prices and daily budgets.
+    pub llm: LlmConfig,
 }
 
 impl Default for Config {
@@ -74,6 +78,8 @@ impl Default for Config {
             queue: QueueConfig::default(),
             circuit: CircuitConfig::default(),
             handlers: BTreeMap::new(),
+            inbox: InboxConfig::default(),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -339,6 +345,10 @@ pub enum HandlerConfig {
     Http(HttpHandlerConfig),
     /// Run a local program with the payload on stdin.
     Command(CommandHandlerConfig),
+    /// Ask an LLM provider (OpenAI-compatible chat completions) within its daily budget.
+    Llm(LlmHandlerConfig),
+    /// Run other handlers as ordered steps, checkpointing each step's result.
+    Workflow(WorkflowHandlerConfig),
 }
 
 impl HandlerConfig {
@@ -347,6 +357,8 @@ impl HandlerConfig {
         match self {
             HandlerConfig::Http(h) => h.concurrency,
             HandlerConfig::Command(c) => c.concurrency,
+            HandlerConfig::Llm(l) => l.concurrency,
+            HandlerConfig::Workflow(w) => w.concurrency,
         }
     }
 
@@ -355,6 +367,8 @@ impl HandlerConfig {
         match self {
             HandlerConfig::Http(h) => h.max_attempts,
             HandlerConfig::Command(c) => c.max_attempts,
+            HandlerConfig::Llm(l) => l.max_attempts,
+            HandlerConfig::Workflow(w) => w.max_attempts,
         }
     }
 }
@@ -414,6 +428,131 @@ pub struct CommandHandlerConfig {
     pub max_attempts: Option<u32>,
 }
 
+/// `kind = "llm"`: the payload is `{"prompt": "..."}` or `{"messages": [...]}`, with an optional
+/// `max_tokens` (capped by the provider's `max_tokens`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmHandlerConfig {
+    /// The provider, a key of `[llm.providers]`.
+    pub provider: String,
+    /// `max_tokens` when the payload gives none (default: the provider's cap).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Request timeout, in seconds.
+    #[serde(default = "default_llm_timeout")]
+    pub timeout_seconds: u64,
+    /// Most tasks of this type running at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Attempts before a task is dead.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// `kind = "workflow"`: ordered steps, each run by another configured handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowHandlerConfig {
+    /// The steps, in order (1 to 64).
+    pub steps: Vec<WorkflowStepConfig>,
+    /// Time allowed for one run of the whole workflow, in seconds; past it the task is dead
+    /// with error class `timeout`.
+    #[serde(default = "default_workflow_timeout")]
+    pub timeout_seconds: u64,
+    /// Most tasks of this type running at once.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Attempts before a task is dead.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// `[[handlers.<type>.steps]]`: one step of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowStepConfig {
+    /// Step name (letters, digits, '-', '_'), unique in the workflow; later steps refer to its
+    /// result as `{{steps.<name>.result}}`.
+    pub name: String,
+    /// The task type whose handler runs this step (an http, command or llm handler).
+    pub handler: String,
+    /// The step's payload as a JSON template (default: the workflow's payload). Placeholders
+    /// in strings: `{{payload}}`, `{{payload.<field>[.<field>…]}}` and
+    /// `{{steps.<earlier step>.result}}`.
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// `[llm]`: LLM providers for `kind = "llm"` handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlmConfig {
+    /// Providers by name (the `provider` of llm handlers; circuit target `llm:<name>`).
+    pub providers: BTreeMap<String, LlmProviderConfig>,
+}
+
+/// `[llm.providers.<name>]`: one OpenAI-compatible chat-completions endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProviderConfig {
+    /// Base URL; requests go to `<base_url>/chat/completions`.
+    pub base_url: String,
+    /// API key, sent as `Authorization: Bearer`; none for endpoints that need none. Prefer
+    /// `KEEL_LLM__PROVIDERS__<NAME>__API_KEY_FILE` over writing it in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    /// Model name sent in each request.
+    pub model: String,
+    /// Price of 1,000 prompt tokens, in USD.
+    pub input_usd_per_1k_tokens: f64,
+    /// Price of 1,000 completion tokens, in USD.
+    pub output_usd_per_1k_tokens: f64,
+    /// Largest `max_tokens` a task may ask for.
+    #[serde(default = "default_llm_max_tokens")]
+    pub max_tokens: u32,
+    /// Spend allowed per UTC day, in USD (changeable at runtime with `PUT /api/v1/budgets`).
+    pub daily_budget_usd: f64,
+}
+
+impl LlmProviderConfig {
+    /// Price of one prompt token in nano-USD.
+    pub fn input_nanos_per_token(&self) -> u64 {
+        usd_per_1k_to_nanos_per_token(self.input_usd_per_1k_tokens)
+    }
+
+    /// Price of one completion token in nano-USD.
+    pub fn output_nanos_per_token(&self) -> u64 {
+        usd_per_1k_to_nanos_per_token(self.output_usd_per_1k_tokens)
+    }
+
+    /// The daily budget in micro-USD.
+    pub fn daily_budget_micros(&self) -> u64 {
+        usd_to_micros(self.daily_budget_usd)
+    }
+}
+
+/// USD per 1,000 tokens → nano-USD per token (1 USD/1K = 10⁶ nano-USD per token).
+fn usd_per_1k_to_nanos_per_token(usd: f64) -> u64 {
+    (usd * 1e6).round().max(0.0) as u64
+}
+
+/// USD → micro-USD, rounded to the nearest micro-dollar.
+pub fn usd_to_micros(usd: f64) -> u64 {
+    (usd * 1e6).round().max(0.0) as u64
+}
+
+fn default_llm_timeout() -> u64 {
+    120
+}
+
+fn default_workflow_timeout() -> u64 {
+    600
+}
+
+fn default_llm_max_tokens() -> u32 {
+    1024
+}
+
 fn default_method() -> String {
     "POST".to_string()
 }
@@ -428,6 +567,73 @@ fn default_target_concurrency() -> usize {
 
 fn default_command_timeout() -> u64 {
     60
+}
+
+/// `[inbox]`: inbound webhooks at `POST /hooks/<source>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// Largest difference between `webhook-timestamp` and keel's clock, either way, in seconds.
+    pub timestamp_tolerance_seconds: u64,
+    /// How long a delivery id is remembered to refuse replays, in seconds (at least twice the
+    /// timestamp tolerance).
+    pub replay_retention_seconds: u64,
+    /// Rejected deliveries kept for `GET /api/v1/inbox/rejections` (the oldest go first).
+    pub max_rejections: u64,
+    /// Webhook sources by name (the `<source>` of the URL).
+    pub sources: BTreeMap<String, InboxSourceConfig>,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        Self {
+            timestamp_tolerance_seconds: 300,
+            replay_retention_seconds: 600,
+            max_rejections: 1000,
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[inbox.sources.<name>]`: one sender of webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSourceConfig {
+    /// How deliveries prove they come from this source.
+    pub scheme: InboxScheme,
+    /// `whsec_…` for Standard Webhooks, the webhook secret for GitHub, the token for bearer.
+    /// Required; may come from `KEEL_INBOX__SOURCES__<NAME>__SECRET_FILE` instead of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// Task type each accepted delivery becomes; needs a `[handlers.<type>]`.
+    pub task_type: String,
+    /// Bearer scheme only: the header carrying the delivery id (default: `idempotency-key`,
+    /// then `x-delivery-id`; without either, a hash of the body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id_header: Option<String>,
+}
+
+/// Verification schemes of inbound webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InboxScheme {
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>`.
+    StandardWebhooks,
+    /// `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>`, `X-GitHub-Delivery`.
+    Github,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+}
+
+impl InboxScheme {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboxScheme::StandardWebhooks => "standard-webhooks",
+            InboxScheme::Github => "github",
+            InboxScheme::Bearer => "bearer",
+        }
+    }
 }
 
 /// `[shutdown]`: graceful shutdown.
@@ -739,7 +945,133 @@ impl Config {
             3600,
         )?;
         self.validate_queue()?;
-        self.validate_handlers()
+        self.validate_llm()?;
+        self.validate_handlers()?;
+        self.validate_inbox()
+    }
+
+    fn validate_inbox(&self) -> Result<(), ConfigError> {
+        let inbox = &self.inbox;
+        between(
+            "inbox.timestamp_tolerance_seconds",
+            inbox.timestamp_tolerance_seconds,
+            1,
+            86_400,
+        )?;
+        at_least(
+            "inbox.replay_retention_seconds",
+            inbox.replay_retention_seconds,
+            2 * inbox.timestamp_tolerance_seconds,
+        )
+        .map_err(|e| match e {
+            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                key,
+                message: format!("{message} (twice inbox.timestamp_tolerance_seconds)"),
+            },
+            other => other,
+        })?;
+        between("inbox.max_rejections", inbox.max_rejections, 1, 100_000)?;
+        if !inbox.sources.is_empty()
+            && self.queue.idempotency_retention_seconds < inbox.replay_retention_seconds
+        {
+            return Err(invalid(
+                "queue.idempotency_retention_seconds",
+                format!(
+                    "must be at least inbox.replay_retention_seconds ({}) while inbox sources are configured, got {}",
+                    inbox.replay_retention_seconds, self.queue.idempotency_retention_seconds
+                ),
+            ));
+        }
+        for (name, source) in &inbox.sources {
+            let key = |field: &str| format!("inbox.sources.{name}.{field}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name {
+                return Err(invalid(
+                    &format!("inbox.sources.{name}"),
+                    "a source name is 1 to 64 letters, digits, '-' or '_'",
+                ));
+            }
+            let Some(secret) = source.secret.as_ref().map(Secret::expose) else {
+                return Err(invalid(
+                    &key("secret"),
+                    format!(
+                        "must be set (here, or through KEEL_INBOX__SOURCES__{}__SECRET_FILE)",
+                        name.to_ascii_uppercase()
+                    ),
+                ));
+            };
+            if secret == REDACTED {
+                return Err(invalid(
+                    &key("secret"),
+                    "is the redaction placeholder \"***\" (copied from `keel config check` output?); set the real secret",
+                ));
+            }
+            match source.scheme {
+                InboxScheme::StandardWebhooks => {
+                    let ok = secret.strip_prefix("whsec_").is_some_and(|b64| {
+                        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                            .is_ok_and(|k| k.len() >= 16)
+                    });
+                    if !ok {
+                        return Err(invalid(
+                            &key("secret"),
+                            "must be `whsec_` followed by base64 of at least 16 bytes",
+                        ));
+                    }
+                }
+                InboxScheme::Github => {
+                    if secret.is_empty() {
+                        return Err(invalid(&key("secret"), "must not be empty"));
+                    }
+                }
+                InboxScheme::Bearer => {
+                    if secret.len() < 16 {
+                        return Err(invalid(
+                            &key("secret"),
+                            "a bearer token must be at least 16 characters",
+                        ));
+                    }
+                }
+            }
+            if let Some(header) = &source.delivery_id_header {
+                if source.scheme != InboxScheme::Bearer {
+                    return Err(invalid(
+                        &key("delivery_id_header"),
+                        format!(
+                            "only the bearer scheme takes a delivery id header ({} has its own)",
+                            source.scheme.as_str()
+                        ),
+                    ));
+                }
+                let valid = !header.is_empty()
+                    && header.len() <= 64
+                    && header
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+                if !valid {
+                    return Err(invalid(
+                        &key("delivery_id_header"),
+                        format!(
+                            "must be a lower-case header name (letters, digits, '-'), got {header:?}"
+                        ),
+                    ));
+                }
+            }
+            if !self.handlers.contains_key(&source.task_type) {
+                return Err(invalid(
+                    &key("task_type"),
+                    format!(
+                        "no [handlers.{}] is configured for task type `{}`",
+                        source.task_type, source.task_type
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_queue(&self) -> Result<(), ConfigError> {
@@ -838,7 +1170,177 @@ impl Config {
                     }
                     between(&key("timeout_seconds"), c.timeout_seconds, 1, 86_400)?;
                 }
+                HandlerConfig::Llm(l) => {
+                    let Some(provider) = self.llm.providers.get(&l.provider) else {
+                        return Err(invalid(
+                            &key("provider"),
+                            format!(
+                                "no [llm.providers.{}] is configured (configured: {})",
+                                l.provider,
+                                names_or_none(self.llm.providers.keys())
+                            ),
+                        ));
+                    };
+                    if let Some(n) = l.max_tokens {
+                        between(
+                            &key("max_tokens"),
+                            u64::from(n),
+                            1,
+                            u64::from(provider.max_tokens),
+                        )
+                        .map_err(|e| match e {
+                            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                                key,
+                                message: format!(
+                                    "{message} (the cap is llm.providers.{}.max_tokens)",
+                                    l.provider
+                                ),
+                            },
+                            other => other,
+                        })?;
+                    }
+                    between(&key("timeout_seconds"), l.timeout_seconds, 1, 3600)?;
+                }
+                HandlerConfig::Workflow(w) => self.validate_workflow(name, w)?,
             }
+        }
+        Ok(())
+    }
+
+    fn validate_workflow(&self, name: &str, w: &WorkflowHandlerConfig) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("handlers.{name}.{field}");
+        between(&key("timeout_seconds"), w.timeout_seconds, 1, 86_400)?;
+        if w.steps.is_empty() || w.steps.len() > 64 {
+            return Err(invalid(
+                &key("steps"),
+                format!("a workflow has 1 to 64 steps, got {}", w.steps.len()),
+            ));
+        }
+        let mut earlier: Vec<&str> = Vec::new();
+        for (i, step) in w.steps.iter().enumerate() {
+            let step_key = |field: &str| format!("handlers.{name}.steps[{i}].{field}");
+            let valid_name = !step.name.is_empty()
+                && step.name.len() <= 64
+                && step
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name {
+                return Err(invalid(
+                    &step_key("name"),
+                    format!(
+                        "a step name is 1 to 64 letters, digits, '-' or '_', got {:?}",
+                        step.name
+                    ),
+                ));
+            }
+            if earlier.contains(&step.name.as_str()) {
+                return Err(invalid(
+                    &step_key("name"),
+                    format!("the step name {:?} is used twice", step.name),
+                ));
+            }
+            match self.handlers.get(&step.handler) {
+                None => {
+                    return Err(invalid(
+                        &step_key("handler"),
+                        format!(
+                            "no [handlers.{}] is configured (configured: {})",
+                            step.handler,
+                            names_or_none(self.handlers.keys())
+                        ),
+                    ));
+                }
+                Some(HandlerConfig::Workflow(_)) => {
+                    return Err(invalid(
+                        &step_key("handler"),
+                        format!(
+                            "`{}` is a workflow; a step runs an http, command or llm handler",
+                            step.handler
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(template) = &step.payload {
+                let holes = crate::exec::workflow::template_placeholders(template)
+                    .map_err(|why| invalid(&step_key("payload"), why))?;
+                for hole in holes {
+                    if let crate::exec::workflow::Placeholder::StepResult(step_name) = hole
+                        && !earlier.contains(&step_name.as_str())
+                    {
+                        return Err(invalid(
+                            &step_key("payload"),
+                            format!(
+                                "{{{{steps.{step_name}.result}}}} names no earlier step (earlier: {})",
+                                names_or_none(earlier.iter())
+                            ),
+                        ));
+                    }
+                }
+            }
+            earlier.push(&step.name);
+        }
+        Ok(())
+    }
+
+    fn validate_llm(&self) -> Result<(), ConfigError> {
+        for (name, p) in &self.llm.providers {
+            let key = |field: &str| format!("llm.providers.{name}.{field}");
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && !name.contains("__")
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b));
+            if !valid_name {
+                return Err(invalid(
+                    &format!("llm.providers.{name}"),
+                    "a provider name is 1 to 64 lower-case letters, digits, '-' or '_' (no \"__\", so KEEL_LLM__PROVIDERS__<NAME>__* can name it)",
+                ));
+            }
+            let url = p.base_url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(invalid(
+                    &key("base_url"),
+                    format!("must be an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+            if p.model.trim().is_empty() {
+                return Err(invalid(&key("model"), "must not be empty"));
+            }
+            if let Some(secret) = &p.api_key {
+                if secret.expose().is_empty() {
+                    return Err(invalid(
+                        &key("api_key"),
+                        "must not be empty (leave it unset when the endpoint needs no key)",
+                    ));
+                }
+                if secret.expose() == REDACTED {
+                    return Err(invalid(
+                        &key("api_key"),
+                        "is the redaction placeholder \"***\" (copied from `keel config check` output?); set the real key",
+                    ));
+                }
+            }
+            for (field, price) in [
+                ("input_usd_per_1k_tokens", p.input_usd_per_1k_tokens),
+                ("output_usd_per_1k_tokens", p.output_usd_per_1k_tokens),
+            ] {
+                if !(price.is_finite() && (0.0..=1000.0).contains(&price)) {
+                    return Err(invalid(
+                        &key(field),
+                        format!("must be a price from 0 to 1000 USD, got {price}"),
+                    ));
+                }
+            }
+            if !(p.daily_budget_usd.is_finite() && (0.0..=1e6).contains(&p.daily_budget_usd)) {
+                return Err(invalid(
+                    &key("daily_budget_usd"),
+                    format!("must be from 0 to 1000000 USD, got {}", p.daily_budget_usd),
+                ));
+            }
+            between(&key("max_tokens"), u64::from(p.max_tokens), 1, 1_000_000)?;
         }
         Ok(())
     }
@@ -857,6 +1359,16 @@ impl Config {
     /// `<data_dir>/key-hash.secret`, used when `auth.key_hash_secret` is unset.
     pub fn key_hash_secret_path(&self) -> PathBuf {
         self.data_dir.join("key-hash.secret")
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn names_or_none<'a, S: AsRef<str> + 'a>(names: impl Iterator<Item = &'a S>) -> String {
+    let names: Vec<&str> = names.map(AsRef::as_ref).collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
     }
 }
 
@@ -1824,6 +2336,169 @@ mod tests {
         assert_eq!(
             config.key_hash_secret_path(),
             PathBuf::from("./keel-data/key-hash.secret")
+        );
+    }
+
+    const LLM_CONFIG: &str = r#"
+[llm.providers.openai]
+base_url = "https://api.example.com/v1"
+model = "gpt-test"
+input_usd_per_1k_tokens = 0.00015
+output_usd_per_1k_tokens = 0.0006
+max_tokens = 500
+daily_budget_usd = 2.5
+
+[handlers.ask]
+kind = "llm"
+provider = "openai"
+max_tokens = 100
+
+[handlers.report]
+kind = "command"
+program = "/bin/echo"
+
+[handlers.digest]
+kind = "workflow"
+timeout_seconds = 90
+[[handlers.digest.steps]]
+name = "report"
+handler = "report"
+[[handlers.digest.steps]]
+name = "summary"
+handler = "ask"
+payload = { prompt = "Summarize {{steps.report.result}} for {{payload.team}}" }
+"#;
+
+    #[test]
+    fn llm_providers_and_workflows_parse() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_path = dir.path().join("openai-key");
+        std::fs::write(&key_path, "sk-from-file\n").expect("write key");
+        let file = config_file(LLM_CONFIG);
+        let options = LoadOptions {
+            env: env(&[(
+                "KEEL_LLM__PROVIDERS__OPENAI__API_KEY_FILE",
+                &key_path.display().to_string(),
+            )]),
+            ..with_file(&file)
+        };
+        let config = Config::load(&options).expect("loads");
+        let provider = &config.llm.providers["openai"];
+        assert_eq!(
+            provider.api_key.as_ref().map(Secret::expose),
+            Some("sk-from-file")
+        );
+        // 0.00015 USD per 1K tokens = 150 nano-USD per token.
+        assert_eq!(provider.input_nanos_per_token(), 150);
+        assert_eq!(provider.output_nanos_per_token(), 600);
+        assert_eq!(provider.daily_budget_micros(), 2_500_000);
+        let HandlerConfig::Workflow(w) = &config.handlers["digest"] else {
+            panic!("digest is a workflow: {:?}", config.handlers["digest"]);
+        };
+        assert_eq!(w.timeout_seconds, 90);
+        assert_eq!(w.steps.len(), 2);
+        assert_eq!(w.steps[0].payload, None);
+        assert_eq!(
+            w.steps[1].payload,
+            Some(
+                serde_json::json!({"prompt": "Summarize {{steps.report.result}} for {{payload.team}}"})
+            )
+        );
+        assert!(
+            matches!(&config.handlers["ask"], HandlerConfig::Llm(l) if l.max_tokens == Some(100))
+        );
+
+        // The printed config hides the key and reads back as the same config.
+        let text = config.to_redacted_toml();
+        assert!(!text.contains("sk-from-file"), "{text}");
+        let reread: Config = toml::from_str(&text).expect("redacted output parses");
+        assert_eq!(reread.handlers, config.handlers);
+        assert_eq!(
+            reread.llm.providers["openai"].api_key,
+            Some(Secret::new("***"))
+        );
+    }
+
+    #[test]
+    fn llm_and_workflow_mistakes_name_the_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "provider = \"openai\"",
+                "provider = \"other\"",
+                "handlers.ask.provider: no [llm.providers.other] is configured (configured: openai)",
+            ),
+            (
+                "max_tokens = 100",
+                "max_tokens = 501",
+                "handlers.ask.max_tokens: must be between 1 and 500, got 501 (the cap is llm.providers.openai.max_tokens)",
+            ),
+            (
+                "daily_budget_usd = 2.5",
+                "daily_budget_usd = -1.0",
+                "llm.providers.openai.daily_budget_usd:",
+            ),
+            (
+                "output_usd_per_1k_tokens = 0.0006",
+                "output_usd_per_1k_tokens = nan",
+                "llm.providers.openai.output_usd_per_1k_tokens:",
+            ),
+            (
+                "base_url = \"https://api.example.com/v1\"",
+                "base_url = \"ftp://x.example.com\"",
+                "llm.providers.openai.base_url:",
+            ),
+            (
+                "[llm.providers.openai]",
+                "[llm.providers.OpenAI]",
+                "llm.providers.OpenAI: a provider name",
+            ),
+            (
+                "handler = \"ask\"",
+                "handler = \"nope\"",
+                "handlers.digest.steps[1].handler: no [handlers.nope] is configured",
+            ),
+            (
+                "handler = \"ask\"",
+                "handler = \"digest\"",
+                "handlers.digest.steps[1].handler: `digest` is a workflow",
+            ),
+            (
+                "name = \"summary\"",
+                "name = \"report\"",
+                "handlers.digest.steps[1].name: the step name \"report\" is used twice",
+            ),
+            (
+                "{{steps.report.result}}",
+                "{{steps.summary.result}}",
+                "handlers.digest.steps[1].payload: {{steps.summary.result}} names no earlier step (earlier: report)",
+            ),
+            (
+                "{{payload.team}}",
+                "{{env.HOME}}",
+                "handlers.digest.steps[1].payload: unknown placeholder {{env.HOME}}",
+            ),
+            (
+                "timeout_seconds = 90",
+                "timeout_seconds = 0",
+                "handlers.digest.timeout_seconds:",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(LLM_CONFIG.contains(from), "{from}");
+            let file = config_file(&LLM_CONFIG.replacen(from, to, 1));
+            let err = load_err(&with_file(&file));
+            assert!(err.starts_with(expected), "{from} -> {to}: {err}");
+        }
+        let no_steps = LLM_CONFIG
+            .split("[[handlers.digest.steps]]")
+            .next()
+            .expect("head")
+            .to_string()
+            + "steps = []\n";
+        let err = load_err(&with_file(&config_file(&no_steps)));
+        assert!(
+            err.starts_with("handlers.digest.steps: a workflow has 1 to 64 steps"),
+            "{err}"
         );
     }
 }

@@ -434,7 +434,10 @@ fn check_database(config: &Config, dir_exists: bool, base: &str) -> (Check, Db) 
                 Check::new(
                     NAME,
                     Status::Ok,
-                    format!("{shown} opens ({}); keel is not running on it", human_bytes(size)),
+                    format!(
+                        "{shown} opens ({}); keel is not running on it",
+                        human_bytes(size)
+                    ),
                 ),
                 Db::Offline,
             )
@@ -546,10 +549,7 @@ fn check_audit(config: &Config, db: &Db, api_key: Option<&str>) -> (Check, Optio
         Db::Offline => {}
         Db::Running(base) => return check_audit_online(base, api_key),
         Db::Missing | Db::Unusable => {
-            return (
-                Check::new(NAME, Status::Skip, "no database to read"),
-                None,
-            );
+            return (Check::new(NAME, Status::Skip, "no database to read"), None);
         }
     }
     let path = config.database_path();
@@ -595,8 +595,12 @@ fn check_audit(config: &Config, db: &Db, api_key: Option<&str>) -> (Check, Optio
     match result {
         Ok(found) => found,
         Err(e) => (
-            Check::new(NAME, Status::Fail, format!("cannot read the audit log: {e}"))
-                .hint("run `keel audit verify` for details"),
+            Check::new(
+                NAME,
+                Status::Fail,
+                format!("cannot read the audit log: {e}"),
+            )
+            .hint("run `keel audit verify` for details"),
             None,
         ),
     }
@@ -618,14 +622,13 @@ fn check_audit_online(base: &str, api_key: Option<&str>) -> (Check, Option<Audit
             None,
         );
     };
-    let head = http("GET", &format!("{base}/api/v1/audit/head"), Some(key)).and_then(
-        |(status, body)| {
+    let head =
+        http("GET", &format!("{base}/api/v1/audit/head"), Some(key)).and_then(|(status, body)| {
             let v: serde_json::Value = serde_json::from_str(&body).ok()?;
             let time = v["time"].as_str()?;
             let time = chrono::DateTime::parse_from_rfc3339(time).ok()?;
             (status == 200).then(|| (v["seq"].as_u64().unwrap_or(0), time.timestamp_millis()))
-        },
-    );
+        });
     let check = match http("POST", &verify_url, Some(key)) {
         Some((200, body)) => {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -657,8 +660,12 @@ fn check_audit_online(base: &str, api_key: Option<&str>) -> (Check, Option<Audit
             format!("{verify_url} answered {status}: {}", body.trim()),
         )
         .hint("read keel's log (journalctl -u keel -e under systemd)"),
-        None => Check::new(NAME, Status::Fail, format!("nothing answers at {verify_url}"))
-            .hint("keel stopped while doctor ran? run doctor again"),
+        None => Check::new(
+            NAME,
+            Status::Fail,
+            format!("nothing answers at {verify_url}"),
+        )
+        .hint("keel stopped while doctor ran? run doctor again"),
     };
     (check, head)
 }
@@ -671,7 +678,11 @@ fn check_secret_files(dir: &Path, dir_exists: bool) -> Check {
     let mut fine = Vec::new();
     let mut wrong = Vec::new();
     let mut unreadable = Vec::new();
-    for file in [SIGNING_KEY_FILE, KEY_HASH_SECRET_FILE, INITIAL_ADMIN_KEY_FILE] {
+    for file in [
+        SIGNING_KEY_FILE,
+        KEY_HASH_SECRET_FILE,
+        INITIAL_ADMIN_KEY_FILE,
+    ] {
         let path = dir.join(file);
         match crate::fsutil::mode_of(&path) {
             Ok(mode) if mode & 0o077 == 0 => fine.push(file),
@@ -772,8 +783,7 @@ pub fn check_clock(now_ms: Millis, newest_audit: Option<(u64, Millis)>) -> Check
 fn keel_answers(base: &str) -> bool {
     http("GET", &format!("{base}/health"), None).is_some_and(|(status, body)| {
         status == 200
-            && serde_json::from_str::<serde_json::Value>(&body)
-                .is_ok_and(|v| v["status"] == serde_json::Value::from("ok"))
+            && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["status"] == "ok")
     })
 }
 
@@ -933,6 +943,9 @@ mod tests {
         let text = report.to_text();
         assert!(text.contains("fail  bb  broken"), "{text}");
         assert!(text.contains("hint: fix it"), "{text}");
-        assert!(text.contains("1 failed, 0 warnings, 1 ok, 0 skipped"), "{text}");
+        assert!(
+            text.contains("1 failed, 0 warnings, 1 ok, 0 skipped"),
+            "{text}"
+        );
     }
 }

@@ -50,7 +50,7 @@ pub struct HttpExecutor {
 }
 
 /// Parses `Retry-After` as seconds or an HTTP date.
-fn retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
+pub(crate) fn retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(secs.saturating_mul(1000));

@@ -1,12 +1,16 @@
 //! Executors and the dispatcher: leases ready tasks within the global and per-type concurrency
-//! limits, runs each with its executor (http, command) behind its target's circuit breaker,
-//! and reports the outcome to the queue.
+//! limits, runs each with its executor (http, command, llm, workflow) behind its target's
+//! circuit breaker, and reports the outcome to the queue.
 
 pub mod circuit;
 pub mod command;
 pub mod http;
+pub mod llm;
+pub mod workflow;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::budget::Budgets;
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::metrics::{Metrics, Unit};
@@ -23,6 +28,8 @@ use crate::supervisor::{StepFuture, Worker};
 use circuit::Circuits;
 use command::CommandExecutor;
 use http::HttpExecutor;
+use llm::LlmExecutor;
+use workflow::{StepRunner, WorkflowExecutor};
 
 /// Runs leased tasks; shared by the dispatcher's spawned executions.
 pub struct Dispatcher {
@@ -30,6 +37,8 @@ pub struct Dispatcher {
     circuits: Arc<Circuits>,
     http: HttpExecutor,
     command: CommandExecutor,
+    llm: LlmExecutor,
+    workflow: WorkflowExecutor,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     permits: Arc<Semaphore>,
@@ -47,11 +56,15 @@ impl Dispatcher {
         config: Arc<Config>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        budgets: Arc<Budgets>,
+        store: Arc<crate::store::Store>,
     ) -> Arc<Dispatcher> {
         let result_max = config.queue.result_max_bytes;
         Arc::new(Dispatcher {
             http: HttpExecutor::new(Arc::clone(&clock), result_max),
             command: CommandExecutor::new(Arc::clone(&queue), result_max),
+            llm: LlmExecutor::new(Arc::clone(&clock), budgets, result_max),
+            workflow: WorkflowExecutor::new(store, Arc::clone(&queue), Arc::clone(&clock)),
             permits: Arc::new(Semaphore::new(config.queue.concurrency)),
             queue,
             circuits,
@@ -143,8 +156,10 @@ impl Dispatcher {
 
     async fn execute(&self, task: Task) {
         let started = Instant::now();
-        let outcome = match self.circuits.admit(&task.target) {
+        let admission = self.circuits.admit(&task.target);
+        let outcome = match admission {
             Err(until) => Outcome::Defer {
+                class: "deferred".into(),
                 reason: format!("the circuit for {} is open", task.target),
                 until,
             },
@@ -158,6 +173,8 @@ impl Dispatcher {
                     match &task.handler {
                         HandlerSnapshot::Http { .. } => self.http.run(&task).await,
                         HandlerSnapshot::Command { .. } => self.command.run(&task).await,
+                        HandlerSnapshot::Llm { .. } => self.llm.run(&task).await,
+                        HandlerSnapshot::Workflow { .. } => self.workflow.run(&task, self).await,
                     }
                 };
                 let outcome = if task.cancel_requested {
@@ -176,7 +193,11 @@ impl Dispatcher {
                 outcome
             }
         };
-        if let Err(e) = self.circuits.record(&task.target, &outcome).await {
+        // Only an admitted attempt tells the breaker something (and frees a half-open trial
+        // slot): a task the circuit turned away must not, or it would let a second trial in.
+        if admission.is_ok()
+            && let Err(e) = self.circuits.record(&task.target, &outcome).await
+        {
             tracing::warn!(error = %e, "cannot persist circuit state");
         }
         self.observe(&task, &outcome, started.elapsed());
@@ -264,6 +285,38 @@ impl Dispatcher {
             self.interrupt.cancel();
             self.tracker.wait().await;
         }
+    }
+}
+
+impl StepRunner for Dispatcher {
+    /// A workflow step: the step's own executor behind the step target's circuit breaker.
+    fn run_step<'a>(
+        &'a self,
+        step: &'a Task,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
+        Box::pin(async move {
+            if let Err(until) = self.circuits.admit(&step.target) {
+                return Outcome::Defer {
+                    class: "deferred".into(),
+                    reason: format!("the circuit for {} is open", step.target),
+                    until,
+                };
+            }
+            let outcome = match &step.handler {
+                HandlerSnapshot::Http { .. } => self.http.run(step).await,
+                HandlerSnapshot::Command { .. } => self.command.run(step).await,
+                HandlerSnapshot::Llm { .. } => self.llm.run(step).await,
+                HandlerSnapshot::Workflow { .. } => Outcome::Fail {
+                    class: "handler_mismatch".into(),
+                    message: "a workflow step cannot be another workflow".into(),
+                    receipt: None,
+                },
+            };
+            if let Err(e) = self.circuits.record(&step.target, &outcome).await {
+                tracing::warn!(error = %e, "cannot persist circuit state");
+            }
+            outcome
+        })
     }
 }
 

@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
+use crate::budget::BudgetError;
 use crate::exec::circuit::CircuitError;
+use crate::inbox::InboxError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
@@ -63,6 +65,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The stable error code (the dashboard renders it on its error page).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The message for the client (for internal errors: the detail that only the log sees).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -99,6 +111,40 @@ impl From<QueueError> for ApiError {
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
             },
             QueueError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<InboxError> for ApiError {
+    fn from(e: InboxError) -> Self {
+        match e {
+            InboxError::UnknownSource(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_source", e.to_string())
+            }
+            InboxError::Rejected(r) => {
+                let status = match r.reason {
+                    reason if reason.is_authentication() => StatusCode::UNAUTHORIZED,
+                    crate::inbox::Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                    crate::inbox::Reason::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Self::new(status, r.reason.code(), r.message)
+            }
+            InboxError::Queue(q) => q.into(),
+            InboxError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<BudgetError> for ApiError {
+    fn from(e: BudgetError) -> Self {
+        let message = e.to_string();
+        match e {
+            BudgetError::NotFound(_) => Self::not_found(message),
+            BudgetError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+            }
+            BudgetError::Store(s) => s.into(),
         }
     }
 }

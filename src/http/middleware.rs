@@ -31,6 +31,9 @@ pub enum Access {
     Public,
     /// A key with at least this role.
     Role(Role),
+    /// A dashboard page: a signed-in session (cookie) whose key has at least this role, and for
+    /// writes the session's CSRF token. Without a session, pages redirect to the sign-in page.
+    Session(Role),
 }
 
 fn client_request_id(value: Option<&HeaderValue>) -> Option<String> {
@@ -160,8 +163,12 @@ pub async fn require_access(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Access::Role(needed) = access else {
-        return next.run(req).await;
+    let needed = match access {
+        Access::Public => return next.run(req).await,
+        Access::Session(needed) => {
+            return super::admin::session::require_session(app, needed, req, next).await;
+        }
+        Access::Role(needed) => needed,
     };
     let principal = match presented_key(req.headers()) {
         None => Err(AuthError::MissingKey),

@@ -3,8 +3,11 @@
 //! `router(app)` is built apart from `serve(listener, router, shutdown)` so tests run the real
 //! router on `127.0.0.1:0`.
 
+pub mod admin;
 mod api;
+mod budgets;
 pub mod error;
+mod hooks;
 pub mod middleware;
 mod tasks;
 
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -58,7 +61,7 @@ fn route(
 /// Every route with its role. The router is built from this table, and a test walks it.
 #[rustfmt::skip]
 fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
-    use Access::{Public, Role as R};
+    use Access::{Public, Role as R, Session as S};
     use Role::{Admin, Operator, Service, Viewer};
     vec![
         route(Method::GET, "/health", Public, get(api::health)),
@@ -90,6 +93,39 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::DELETE, "/api/v1/dlq/{id}", R(Operator), delete(tasks::dlq_delete)),
         route(Method::GET, "/api/v1/circuits", R(Viewer), get(tasks::circuits)),
         route(Method::POST, "/api/v1/circuits/{name}/reset", R(Operator), post(tasks::circuit_reset)),
+        route(Method::GET, "/api/v1/budgets", R(Viewer), get(budgets::list)),
+        route(Method::PUT, "/api/v1/budgets/{provider}", R(Operator), put(budgets::set)),
+        route(Method::POST, "/hooks/{source}", Public, post(hooks::receive)),
+        route(Method::GET, "/api/v1/inbox/sources", R(Viewer), get(hooks::sources)),
+        route(Method::GET, "/api/v1/inbox/rejections", R(Operator), get(hooks::rejections)),
+        // The dashboard: a session cookie with the role (pages redirect to sign-in without one);
+        // every form POST carries the session's CSRF token.
+        route(Method::GET, "/admin/login", Public, get(admin::session::login_page)),
+        route(Method::POST, "/admin/login", Public, post(admin::session::login)),
+        route(Method::POST, "/admin/logout", S(Viewer), post(admin::session::logout)),
+        route(Method::GET, "/admin/assets/{file}", Public, get(admin::assets::serve)),
+        route(Method::GET, "/admin", S(Viewer), get(admin::overview::page)),
+        route(Method::GET, "/admin/live/overview", S(Viewer), get(admin::overview::live)),
+        route(Method::GET, "/admin/tasks", S(Viewer), get(admin::tasks::list)),
+        route(Method::POST, "/admin/tasks", S(Operator), post(admin::tasks::enqueue)),
+        route(Method::GET, "/admin/live/tasks", S(Viewer), get(admin::tasks::live_list)),
+        route(Method::GET, "/admin/tasks/{id}", S(Viewer), get(admin::tasks::detail)),
+        route(Method::POST, "/admin/tasks/{id}/cancel", S(Operator), post(admin::tasks::cancel)),
+        route(Method::GET, "/admin/live/tasks/{id}/stream", S(Viewer), get(tasks::stream)),
+        route(Method::GET, "/admin/dlq", S(Viewer), get(admin::dlq::page)),
+        route(Method::POST, "/admin/dlq/drain", S(Operator), post(admin::dlq::drain)),
+        route(Method::POST, "/admin/dlq/{id}/delete", S(Operator), post(admin::dlq::delete)),
+        route(Method::GET, "/admin/circuits", S(Viewer), get(admin::circuits::page)),
+        route(Method::POST, "/admin/circuits/{name}/reset", S(Operator), post(admin::circuits::reset)),
+        route(Method::GET, "/admin/budgets", S(Viewer), get(admin::budgets::page)),
+        route(Method::POST, "/admin/budgets/{provider}", S(Operator), post(admin::budgets::set)),
+        route(Method::GET, "/admin/audit", S(Viewer), get(admin::audit::page)),
+        route(Method::POST, "/admin/audit/verify", S(Operator), post(admin::audit::verify)),
+        route(Method::GET, "/admin/keys", S(Admin), get(admin::keys::page)),
+        route(Method::POST, "/admin/keys", S(Admin), post(admin::keys::create)),
+        route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
+        route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
+        route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),
     ]
 }
 
@@ -109,6 +145,7 @@ pub fn router(app: AppState) -> Router {
         router = router.route(spec.path, guarded);
     }
     let mut router = router
+        .layer(axum::Extension(admin::AdminState::new()))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(CatchPanicLayer::custom(middleware::panic_response))

@@ -29,6 +29,14 @@ pub fn task_json(t: &Task) -> Value {
         HandlerSnapshot::Command { program, args, .. } => {
             json!({"kind": "command", "program": program, "args": args})
         }
+        HandlerSnapshot::Llm {
+            provider, model, ..
+        } => json!({"kind": "llm", "provider": provider, "model": model}),
+        HandlerSnapshot::Workflow { steps } => json!({
+            "kind": "workflow",
+            "steps": steps.iter().map(|s| json!({"name": s.name, "handler": s.handler_type}))
+                .collect::<Vec<_>>(),
+        }),
     };
     let attempts: Vec<Value> = t
         .attempts

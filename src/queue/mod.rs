@@ -22,10 +22,10 @@ use crate::config::{Config, HandlerConfig};
 use crate::store::codec;
 use crate::store::tables::{
     IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_LOGS, TASKS, TASKS_BY_STATUS,
-    TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
+    TASKS_DELAYED, TASKS_LEASED, TASKS_READY, WORKFLOW_STEPS,
 };
 use crate::store::{Store, StoreError};
-pub use model::{Attempt, HandlerSnapshot, Lease, Receipt, Status, Task};
+pub use model::{Attempt, HandlerSnapshot, Lease, Receipt, Status, Task, WorkflowStep};
 
 /// Errors of the queue room.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +124,8 @@ pub enum Outcome {
     },
     /// Not run now (an open circuit, a spent budget): wait until then without using an attempt.
     Defer {
+        /// Error class shown on the attempt (`deferred`, `budget_exceeded`).
+        class: String,
         /// Why.
         reason: String,
         /// When to try again (epoch ms).
@@ -274,6 +276,59 @@ impl Queue {
                 c.timeout_seconds,
                 c.max_attempts,
             ),
+            HandlerConfig::Llm(l) => {
+                let provider = self.config.llm.providers.get(&l.provider).ok_or_else(|| {
+                    QueueError::Invalid(format!(
+                        "type: the handler of `{task_type}` names LLM provider `{}`, which is not configured",
+                        l.provider
+                    ))
+                })?;
+                (
+                    HandlerSnapshot::Llm {
+                        provider: l.provider.clone(),
+                        base_url: provider.base_url.trim().trim_end_matches('/').to_string(),
+                        api_key: provider.api_key.as_ref().map(|k| k.expose().to_string()),
+                        model: provider.model.clone(),
+                        default_max_tokens: l
+                            .max_tokens
+                            .unwrap_or(provider.max_tokens)
+                            .min(provider.max_tokens),
+                        max_tokens_cap: provider.max_tokens,
+                        input_nanos_per_token: provider.input_nanos_per_token(),
+                        output_nanos_per_token: provider.output_nanos_per_token(),
+                        daily_budget_micros: provider.daily_budget_micros(),
+                    },
+                    format!("llm:{}", l.provider),
+                    l.timeout_seconds,
+                    l.max_attempts,
+                )
+            }
+            HandlerConfig::Workflow(w) => {
+                let mut steps = Vec::with_capacity(w.steps.len());
+                for step in &w.steps {
+                    let (handler, target, timeout_s, _) = self.snapshot(&step.handler)?;
+                    if matches!(handler, HandlerSnapshot::Workflow { .. }) {
+                        return Err(QueueError::Invalid(format!(
+                            "type: step `{}` of `{task_type}` runs another workflow",
+                            step.name
+                        )));
+                    }
+                    steps.push(WorkflowStep {
+                        name: step.name.clone(),
+                        handler_type: step.handler.clone(),
+                        handler,
+                        target,
+                        timeout_ms: timeout_s * 1000,
+                        payload_template: step.payload.as_ref().map(|v| v.to_string()),
+                    });
+                }
+                (
+                    HandlerSnapshot::Workflow { steps },
+                    format!("workflow:{task_type}"),
+                    w.timeout_seconds,
+                    w.max_attempts,
+                )
+            }
         })
     }
 
@@ -301,6 +356,13 @@ impl Queue {
             )));
         }
         let (handler, target, handler_timeout, handler_attempts) = self.snapshot(&new.task_type)?;
+        let timeout_s = new.timeout_s.unwrap_or(handler_timeout);
+        if timeout_s >= self.config.queue.lease_seconds {
+            return Err(QueueError::Invalid(format!(
+                "timeout_s: {timeout_s}s must be shorter than the lease (queue.lease_seconds = {}s), or the task would be handed out twice",
+                self.config.queue.lease_seconds
+            )));
+        }
         let now = self.clock.now_ms();
         let task = Task {
             id: Uuid::now_v7(),
@@ -319,7 +381,7 @@ impl Queue {
                 .or(handler_attempts)
                 .unwrap_or(self.config.queue.max_attempts),
             attempts_before_requeue: 0,
-            timeout_ms: new.timeout_s.unwrap_or(handler_timeout) * 1000,
+            timeout_ms: timeout_s * 1000,
             handler,
             target,
             attempts: Vec::new(),
@@ -921,6 +983,15 @@ fn delete_task(tx: &WriteTransaction, task: &Task) -> Result<(), QueueError> {
     for key in lines {
         logs.remove(key)?;
     }
+    drop(logs);
+    let mut steps = tx.open_table(WORKFLOW_STEPS)?;
+    let checkpoints: Vec<(u128, u32)> = steps
+        .range((task.id.as_u128(), 0)..=(task.id.as_u128(), u32::MAX))?
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for key in checkpoints {
+        steps.remove(key)?;
+    }
     Ok(())
 }
 
@@ -1104,14 +1175,12 @@ fn finish_attempt(
                 Status::Retrying
             }
         }
-        Outcome::Defer { reason, until } => {
-            record(
-                "deferred",
-                Some("deferred".into()),
-                Some(reason),
-                None,
-                false,
-            );
+        Outcome::Defer {
+            class,
+            reason,
+            until,
+        } => {
+            record("deferred", Some(class), Some(reason), None, false);
             task.due_at = until.max(now);
             if task.attempts.iter().any(|a| a.counted) {
                 Status::Retrying

@@ -118,6 +118,50 @@ pub enum HandlerSnapshot {
         /// Environment variables passed through.
         env_allow: Vec<String>,
     },
+    /// Ask an OpenAI-compatible chat-completions endpoint, within the provider's daily budget.
+    Llm {
+        /// Provider name (budget, ledger and circuit target `llm:<provider>`).
+        provider: String,
+        /// Base URL; the request goes to `<base_url>/chat/completions`.
+        base_url: String,
+        /// Bearer API key.
+        api_key: Option<String>,
+        /// Model name.
+        model: String,
+        /// `max_tokens` when the payload gives none.
+        default_max_tokens: u32,
+        /// The provider's cap on `max_tokens`.
+        max_tokens_cap: u32,
+        /// Price of one prompt token, in nano-USD.
+        input_nanos_per_token: u64,
+        /// Price of one completion token, in nano-USD.
+        output_nanos_per_token: u64,
+        /// The provider's daily budget at enqueue (micro-USD), used only when the provider is no
+        /// longer configured.
+        daily_budget_micros: u64,
+    },
+    /// Run other handlers as ordered steps, checkpointing each finished step.
+    Workflow {
+        /// The steps, in order.
+        steps: Vec<WorkflowStep>,
+    },
+}
+
+/// One step of a workflow, snapshotted at enqueue like any handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowStep {
+    /// Step name (`{{steps.<name>.result}}`).
+    pub name: String,
+    /// The task type whose handler runs it.
+    pub handler_type: String,
+    /// How it runs (never a workflow).
+    pub handler: HandlerSnapshot,
+    /// Its circuit breaker target.
+    pub target: String,
+    /// Time allowed for the step, from its handler.
+    pub timeout_ms: u64,
+    /// The payload template as JSON text; `None` sends the workflow's payload.
+    pub payload_template: Option<String>,
 }
 
 /// What an HTTP (or other) target answered to one attempt.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::CommitObserver;
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -304,8 +304,13 @@ fn read_version(tx: &ReadTransaction, path: &Path) -> Result<Option<u64>, StoreE
 type Migration = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[n]` upgrades version `n` to `n + 1`; the last one reaches [`SCHEMA_VERSION`].
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
-    [create_initial_tables, create_queue_tables];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
+    create_initial_tables,
+    create_queue_tables,
+    create_inbox_tables,
+    create_llm_and_workflow_tables,
+    create_admin_session_tables,
+];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::META)?;
@@ -327,6 +332,25 @@ fn create_queue_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::IDEMPOTENCY_EXPIRY)?;
     tx.open_table(tables::TASK_LOGS)?;
     tx.open_table(tables::CIRCUITS)?;
+    Ok(())
+}
+
+fn create_inbox_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::INBOX_SEEN)?;
+    tx.open_table(tables::INBOX_SEEN_EXPIRY)?;
+    tx.open_table(tables::INBOX_REJECTIONS)?;
+    Ok(())
+}
+
+fn create_llm_and_workflow_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::LLM_LEDGER)?;
+    tx.open_table(tables::LLM_BUDGETS)?;
+    tx.open_table(tables::WORKFLOW_STEPS)?;
+    Ok(())
+}
+
+fn create_admin_session_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::ADMIN_SESSIONS)?;
     Ok(())
 }
 

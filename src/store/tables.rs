@@ -67,3 +67,30 @@ pub const TASK_LOGS: TableDefinition<(u128, u32), &str> = TableDefinition::new("
 
 /// Circuit breaker state by target name → circuit record.
 pub const CIRCUITS: TableDefinition<&str, &[u8]> = TableDefinition::new("circuits_v1");
+
+/// Delivery ids seen by the inbox, for replay protection: (source, delivery id) → (task id,
+/// expires ms).
+pub const INBOX_SEEN: TableDefinition<(&str, &str), (u128, i64)> =
+    TableDefinition::new("inbox_seen_v1");
+
+/// Inbox delivery ids by expiry, for pruning: (expires ms, source, delivery id).
+pub const INBOX_SEEN_EXPIRY: TableDefinition<(i64, &str, &str), ()> =
+    TableDefinition::new("inbox_seen_expiry_v1");
+
+/// Recently rejected inbound deliveries: id (UUIDv7 as `u128`) → rejection record.
+pub const INBOX_REJECTIONS: TableDefinition<u128, &[u8]> =
+    TableDefinition::new("inbox_rejections_v1");
+
+/// LLM cost ledger: (provider, UTC day as days since the epoch) → ledger day record (tokens,
+/// requests, micro-USD spent).
+pub const LLM_LEDGER: TableDefinition<(&str, i64), &[u8]> = TableDefinition::new("llm_ledger_v1");
+
+/// LLM budget overrides set at runtime: provider → budget override record.
+pub const LLM_BUDGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("llm_budgets_v1");
+
+/// Workflow step checkpoints: (task id as `u128`, step index) → step checkpoint record.
+pub const WORKFLOW_STEPS: TableDefinition<(u128, u32), &[u8]> =
+    TableDefinition::new("workflow_steps_v1");
+
+/// Dashboard sign-in sessions: blake3 hash of the session token (32 bytes) → session record.
+pub const ADMIN_SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("admin_sessions_v1");

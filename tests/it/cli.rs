@@ -307,7 +307,22 @@ fn keys_work_offline_and_through_the_running_server() {
         ],
         &[],
     );
-    assert_ok(&out, "an absurdly long lifetime saturates");
+    assert_eq!(out.code, 2, "an absurdly long lifetime is refused: {out:?}");
+    assert!(out.stderr.contains("year 10000"), "{}", out.stderr);
+    let out = keel(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "forever",
+            "--role",
+            "viewer",
+            "--expires-in",
+            "3650d",
+        ],
+        &[],
+    );
+    assert_ok(&out, "a ten-year lifetime");
     let forever_token = printed(&out, "key:");
 
     let out = keel(&["keys", "create", "--name", "ops", "--role", "admin"], &[]);

@@ -121,7 +121,10 @@ fn running_keel_is_checked_through_its_api() {
     let database = check(&report, "database");
     assert_eq!(database["status"], "ok", "{report:#}");
     assert!(
-        database["message"].as_str().unwrap().contains("running keel"),
+        database["message"]
+            .as_str()
+            .unwrap()
+            .contains("running keel"),
         "{report:#}"
     );
     // The initial-admin-key file lets doctor ask the server to verify the chain.
@@ -276,11 +279,8 @@ fn tampered_audit_entry_fails_naming_its_seq() {
 #[test]
 fn database_from_a_newer_keel_fails() {
     let (dir, data) = healthy_data_dir();
-    keel::store::force_schema_version(
-        &data.join("keel.redb"),
-        keel::store::SCHEMA_VERSION + 1,
-    )
-    .unwrap();
+    keel::store::force_schema_version(&data.join("keel.redb"), keel::store::SCHEMA_VERSION + 1)
+        .unwrap();
     let config = write_config(dir.path(), &data, "127.0.0.1:0");
     let (out, report) = doctor_json(&config);
     let (message, hint) = assert_fails(&out, &report, "schema");

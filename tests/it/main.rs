@@ -1,12 +1,21 @@
 //! keel's integration tests: one binary, the real router on 127.0.0.1:0 or the real `keel`
 //! binary, temporary data dirs.
 
+mod admin;
 mod api;
+mod browser;
 mod cli;
 mod crash;
+mod doctor;
+mod inbox;
+mod llm;
+mod queue;
+mod queue_crash;
+mod receiver;
 mod roles;
 mod support;
 mod tamper;
+mod workflow;
 
 /// The harness starts, serves and stops; the first start writes an admin key that works.
 #[test]

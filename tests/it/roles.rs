@@ -1,11 +1,13 @@
 //! Who may call what: every route of `keel::http::routes()` with no key and with a key of each
-//! role, and every way a presented key can fail (wrong, garbage, expired, revoked), by
-//! `Authorization: Bearer` and by `X-API-Key`.
+//! role (dashboard routes: with no session and with a signed-in session of each role), and every
+//! way a presented key can fail (wrong, garbage, expired, revoked), by `Authorization: Bearer`
+//! and by `X-API-Key`.
 
 use keel::auth::Role;
 use keel::http::{Access, RouteSpec, routes};
 use serde_json::json;
 
+use crate::admin::Client;
 use crate::support::{Resp, TestApp, request_with_headers};
 
 /// The request a route is walked with: path with `{id}` filled in, and a body a caller with
@@ -34,6 +36,22 @@ fn is_auth_failure(status: u16) -> bool {
     status == 401 || status == 403
 }
 
+/// A dashboard route called by a signed-in browser, with the session's CSRF token and a form a
+/// caller with the right role would send.
+fn session_call(client: &Client, spec: &RouteSpec, id: &str) -> Resp {
+    let path = spec.path.replace("{id}", id);
+    if spec.method == "GET" {
+        return client.get(&path);
+    }
+    let fields: &[(&str, &str)] = match spec.path {
+        "/admin/keys" => &[("name", "walk"), ("role", "viewer")],
+        "/admin/tasks" => &[("type", "none"), ("payload", "{}")],
+        "/admin/dlq/drain" => &[("max", "1")],
+        _ => &[],
+    };
+    client.post(&path, fields)
+}
+
 /// The table test: public routes never ask for a key; role routes answer 401 `missing_key`
 /// without one, 403 `forbidden` to a lower role (writing nothing) and succeed for an equal or
 /// higher role.
@@ -47,7 +65,10 @@ fn every_route_answers_no_key_and_each_role_as_the_table_says() {
     let table = routes();
     assert!(
         table.iter().any(|s| s.access == Access::Public)
-            && table.iter().any(|s| s.access == Access::Role(Role::Admin)),
+            && table.iter().any(|s| s.access == Access::Role(Role::Admin))
+            && table
+                .iter()
+                .any(|s| s.access == Access::Session(Role::Admin)),
         "the table lost its public or admin routes: {table:?}"
     );
 
@@ -57,6 +78,15 @@ fn every_route_answers_no_key_and_each_role_as_the_table_says() {
         // authenticate.
         let (target, _) = app.create_key_with(&json!({"name": "throwaway", "role": "viewer"}));
         match spec.access {
+            Access::Public if spec.path == "/admin/login" && spec.method == "POST" => {
+                // The sign-in form: open to all; a key of any role signs in, garbage does not.
+                for (role, key) in &keys {
+                    let r = Client::new(&app.base).try_sign_in(key);
+                    assert_eq!(r.status, 303, "{what} as {role}: {r:?}");
+                }
+                let r = Client::new(&app.base).try_sign_in("garbage");
+                assert_eq!(r.status, 401, "{what} with garbage: {r:?}");
+            }
             Access::Public => {
                 let r = call(&app, spec, &target, None);
                 assert!(!is_auth_failure(r.status), "{what} without a key: {r:?}");
@@ -91,6 +121,56 @@ fn every_route_answers_no_key_and_each_role_as_the_table_says() {
                     } else {
                         // Past the role check: whatever the handler says, but not an auth
                         // failure and not a crash.
+                        assert!(
+                            !is_auth_failure(r.status) && r.status < 500,
+                            "{what} as {role} (needs {needed}): {r:?}"
+                        );
+                    }
+                }
+            }
+            Access::Session(needed) => {
+                let before = app.audit_seq();
+                let live = spec.path.starts_with("/admin/live/");
+                // No session, and an API key is no session: sign-in first (live JSON: 401).
+                let bearer = format!("Bearer {}", app.admin_key);
+                for headers in [vec![], vec![("authorization", bearer.as_str())]] {
+                    let path = spec.path.replace("{id}", &target);
+                    let r =
+                        Client::new(&app.base).request(spec.method.as_str(), &path, &headers, None);
+                    if live {
+                        assert_eq!(r.status, 401, "{what} without a session: {}", r.body);
+                        assert_eq!(r.error_code(), "session_required", "{what}");
+                    } else {
+                        assert_eq!(r.status, 303, "{what} without a session: {}", r.body);
+                        let to = r.header("location").unwrap_or("");
+                        assert!(
+                            to.starts_with("/admin/login?reason=required"),
+                            "{what}: {to}"
+                        );
+                    }
+                }
+                assert_eq!(
+                    app.audit_seq(),
+                    before,
+                    "{what}: a call without a session wrote"
+                );
+                for (role, key) in &keys {
+                    let client = Client::sign_in(&app.base, key);
+                    let before = app.audit_seq();
+                    let r = session_call(&client, spec, &target);
+                    if *role < needed {
+                        assert_eq!(r.status, 403, "{what} as {role}: {}", r.body);
+                        assert!(
+                            r.body.contains(needed.as_str()) && r.body.contains(role.as_str()),
+                            "{what} as {role}: {}",
+                            r.body
+                        );
+                        assert_eq!(
+                            app.audit_seq(),
+                            before,
+                            "{what}: a forbidden call wrote to the audit log"
+                        );
+                    } else {
                         assert!(
                             !is_auth_failure(r.status) && r.status < 500,
                             "{what} as {role} (needs {needed}): {r:?}"

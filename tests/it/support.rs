@@ -429,3 +429,21 @@ impl TestApp {
         )
     }
 }
+
+/// Calls `check` every 10 ms until it returns `Ok`, and returns that value. After a minute the
+/// test fails with `what` and the last `Err` (which should describe the state seen).
+pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "gave up after 60 s waiting for {what}; last seen: {last}"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

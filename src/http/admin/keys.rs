@@ -1,0 +1,214 @@
+//! The keys page (admins): every API key with its role, status and last use; create (the key is
+//! shown once, with a copy button), rotate with an overlap, revoke.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::State;
+use axum::response::Redirect;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{AdminError, Ctx, Layout, PageForm, PagePath, ago, seconds, time, time_opt};
+use crate::auth::{KeyView, NewKey, Role};
+use crate::http::AppState;
+
+/// A key in the list.
+pub struct KeyRow {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: &'static str,
+    /// `active`, `expired`, `revoked`.
+    pub status: &'static str,
+    /// Recognisable start of the key.
+    pub prefix: String,
+    /// Created, and by whom.
+    pub created: String,
+    /// Expiry.
+    pub expires: String,
+    /// Last use, relative.
+    pub last_used: String,
+    /// Predecessor by rotation.
+    pub rotated_from: String,
+    /// Whether this is the key of the current session.
+    pub yours: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin/keys.html")]
+pub struct KeysPage {
+    l: Layout,
+    rows: Vec<KeyRow>,
+    roles: Vec<&'static str>,
+    default_overlap: u64,
+    default_overlap_text: String,
+}
+
+/// `GET /admin/keys`.
+pub async fn page(State(app): State<AppState>, ctx: Ctx) -> KeysPage {
+    let now = app.clock.now_ms();
+    let me = ctx.principal().key_id;
+    let mut keys = app.auth.list();
+    keys.reverse();
+    KeysPage {
+        l: ctx.layout("API keys", "keys"),
+        rows: keys
+            .iter()
+            .map(|k| KeyRow {
+                id: k.id.to_string(),
+                name: k.name.clone(),
+                role: k.role.as_str(),
+                status: k.status,
+                prefix: k.prefix.clone(),
+                created: format!("{} by {}", time(k.created_at), k.created_by),
+                expires: time_opt(k.expires_at),
+                last_used: k.last_used_at.map_or("never".into(), |t| ago(now, t)),
+                rotated_from: k.rotated_from.map_or(String::new(), |r| r.to_string()),
+                yours: k.id == me,
+            })
+            .collect(),
+        roles: Role::ALL.iter().map(|r| r.as_str()).collect(),
+        default_overlap: app.config.auth.rotation_overlap_seconds,
+        default_overlap_text: seconds(app.config.auth.rotation_overlap_seconds),
+    }
+}
+
+/// The page that shows a new key, once.
+#[derive(Template, WebTemplate)]
+#[template(path = "admin/key_created.html")]
+pub struct KeyCreatedPage {
+    l: Layout,
+    heading: &'static str,
+    name: String,
+    role: &'static str,
+    token: String,
+    note: String,
+}
+
+fn created_page(
+    ctx: &Ctx,
+    heading: &'static str,
+    view: &KeyView,
+    token: String,
+    note: String,
+) -> KeyCreatedPage {
+    KeyCreatedPage {
+        l: ctx.layout(heading, "keys"),
+        heading,
+        name: view.name.clone(),
+        role: view.role.as_str(),
+        token,
+        note,
+    }
+}
+
+/// The create form.
+#[derive(Deserialize)]
+pub struct CreateForm {
+    name: String,
+    role: String,
+    #[serde(default)]
+    expires_in_days: String,
+}
+
+/// `POST /admin/keys`: creates a key through the auth room (audited as `key.create`).
+pub async fn create(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PageForm(form): PageForm<CreateForm>,
+) -> Result<KeyCreatedPage, AdminError> {
+    let role: Role = form.role.parse().map_err(AdminError::bad_request)?;
+    let expires_at = match form.expires_in_days.trim() {
+        "" => None,
+        days => {
+            let days: u32 = days.parse().map_err(|_| {
+                AdminError::bad_request(format!(
+                    "expires in: `{days}` is not a whole number of days"
+                ))
+            })?;
+            Some(app.clock.now_ms() + i64::from(days) * 86_400_000)
+        }
+    };
+    let created = app
+        .auth
+        .create(
+            &ctx.actor(),
+            NewKey {
+                name: form.name,
+                role,
+                expires_at,
+            },
+        )
+        .await?;
+    let note = match created.view.expires_at {
+        Some(t) => format!("It expires at {}.", time(t)),
+        None => "It does not expire.".into(),
+    };
+    Ok(created_page(
+        &ctx,
+        "Key created",
+        &created.view,
+        created.token,
+        note,
+    ))
+}
+
+fn key_id(raw: &str) -> Result<Uuid, AdminError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| AdminError::bad_request(format!("`{raw}` is not a valid key id")))
+}
+
+/// The rotate form.
+#[derive(Deserialize)]
+pub struct RotateForm {
+    #[serde(default)]
+    overlap_seconds: String,
+}
+
+/// `POST /admin/keys/{id}/rotate`: a new key replaces this one, which keeps working for the
+/// overlap (audited as `key.rotate`).
+pub async fn rotate(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<RotateForm>,
+) -> Result<KeyCreatedPage, AdminError> {
+    let id = key_id(&id)?;
+    let overlap: u64 = match form.overlap_seconds.trim() {
+        "" => app.config.auth.rotation_overlap_seconds,
+        s => s.parse().map_err(|_| {
+            AdminError::bad_request(format!("overlap: `{s}` is not a whole number of seconds"))
+        })?,
+    };
+    let created = app
+        .auth
+        .rotate(
+            &ctx.actor(),
+            id,
+            overlap.saturating_mul(1000).min(i64::MAX as u64) as i64,
+        )
+        .await?;
+    let note = format!(
+        "The old key keeps working for {} more, then expires.",
+        seconds(overlap)
+    );
+    Ok(created_page(
+        &ctx,
+        "Key rotated",
+        &created.view,
+        created.token,
+        note,
+    ))
+}
+
+/// `POST /admin/keys/{id}/revoke`: revokes at once (audited as `key.revoke`).
+pub async fn revoke(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+) -> Result<Redirect, AdminError> {
+    app.auth.revoke(&ctx.actor(), key_id(&id)?).await?;
+    Ok(Redirect::to("/admin/keys?msg=revoked"))
+}

@@ -1,0 +1,535 @@
+//! Task pages: the list with status and type filters (live counts and rows), a task's detail
+//! with attempts, receipts, result and live log, cancel, and the enqueue form for operators.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
+    time_opt,
+};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::queue::{HandlerSnapshot, NewTask, QueueError, Status, Task, TaskFilter};
+
+/// Tasks per page.
+const PAGE: usize = 50;
+
+/// A task in a list.
+pub struct TaskRow {
+    /// Id.
+    pub id: String,
+    /// The id's last 12 characters, for narrow screens.
+    pub short_id: String,
+    /// Type.
+    pub task_type: String,
+    /// Status name.
+    pub status: &'static str,
+    /// `used / max`.
+    pub attempts: String,
+    /// Created, relative.
+    pub created: String,
+    /// Created, absolute.
+    pub created_at: String,
+    /// Last change, relative.
+    pub updated: String,
+    /// The last error class, if any.
+    pub error: String,
+}
+
+impl TaskRow {
+    /// The row of `t` at `now`.
+    pub fn of(t: &Task, now: i64) -> TaskRow {
+        let id = t.id.to_string();
+        TaskRow {
+            short_id: id[id.len() - 12..].to_string(),
+            id,
+            task_type: t.task_type.clone(),
+            status: t.status.as_str(),
+            attempts: format!("{} / {}", t.counted_attempts(), t.max_attempts),
+            created: ago(now, t.created_at),
+            created_at: time(t.created_at),
+            updated: ago(now, t.updated_at),
+            error: t.last_error_class().unwrap_or("").to_string(),
+        }
+    }
+}
+
+/// A status filter chip with its count.
+pub struct StatusChip {
+    /// Status name (empty: all).
+    pub name: &'static str,
+    /// Count, formatted.
+    pub count: String,
+    /// Whether it is the current filter.
+    pub current: bool,
+}
+
+/// What the enqueue form holds (kept when it is shown again with an error).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub struct EnqueueForm {
+    /// Task type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// JSON payload.
+    pub payload: String,
+    /// Priority (empty: default).
+    pub priority: String,
+    /// Attempts (empty: the type's default).
+    pub max_attempts: String,
+    /// Timeout in seconds (empty: the type's default).
+    pub timeout_s: String,
+    /// Idempotency key (empty: none).
+    pub idempotency_key: String,
+    /// RFC 3339 time to run at (empty: now).
+    pub run_at: String,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin/tasks.html")]
+pub struct TasksPage {
+    l: Layout,
+    rows: Vec<TaskRow>,
+    chips: Vec<StatusChip>,
+    types: Vec<String>,
+    status: String,
+    task_type: String,
+    next: Option<String>,
+    paged: bool,
+    live: String,
+    handler_types: Vec<String>,
+    form: EnqueueForm,
+    form_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "admin/_task_rows.html")]
+struct TaskRows<'a> {
+    rows: &'a [TaskRow],
+}
+
+/// Filters of the list.
+#[derive(Default, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    task_type: Option<String>,
+    cursor: Option<String>,
+}
+
+fn parse_status(raw: Option<&str>) -> Result<Option<Status>, String> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s.parse::<Status>().map(Some),
+    }
+}
+
+fn parse_cursor(raw: Option<&str>) -> Result<Option<Uuid>, String> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => Uuid::parse_str(s)
+            .map(Some)
+            .map_err(|_| format!("cursor: `{s}` is not a task id")),
+    }
+}
+
+/// Task counts by status, all types or one.
+async fn status_counts(
+    app: &AppState,
+    task_type: Option<&str>,
+) -> Result<(BTreeMap<Status, u64>, BTreeSet<String>), QueueError> {
+    let counts = app.queue.counts().await?;
+    let mut by_status = BTreeMap::new();
+    let mut types: BTreeSet<String> = app.config.handlers.keys().cloned().collect();
+    for ((status, t), n) in counts {
+        if task_type.is_none_or(|want| want == t) {
+            *by_status.entry(status).or_default() += n;
+        }
+        types.insert(t);
+    }
+    Ok((by_status, types))
+}
+
+async fn list_page(
+    app: &AppState,
+    ctx: &Ctx,
+    q: ListQuery,
+    form: EnqueueForm,
+    form_error: Option<String>,
+) -> Result<TasksPage, AdminError> {
+    let status = parse_status(q.status.as_deref()).map_err(AdminError::bad_request)?;
+    let cursor = parse_cursor(q.cursor.as_deref()).map_err(AdminError::bad_request)?;
+    let task_type = q.task_type.filter(|t| !t.is_empty());
+    let page = app
+        .queue
+        .list(TaskFilter {
+            status,
+            task_type: task_type.clone(),
+            limit: PAGE,
+            cursor,
+        })
+        .await?;
+    let (counts, types) = status_counts(app, task_type.as_deref()).await?;
+    let now = app.clock.now_ms();
+    let status_name = status.map_or("", |s| s.as_str());
+    let type_name = task_type.clone().unwrap_or_default();
+    let query = |status: &str| {
+        let mut parts = Vec::new();
+        if !status.is_empty() {
+            parts.push(format!("status={status}"));
+        }
+        if !type_name.is_empty() {
+            parts.push(format!("type={}", super::session::urlencode(&type_name)));
+        }
+        parts.join("&")
+    };
+    let total: u64 = counts.values().sum();
+    let mut chips = vec![StatusChip {
+        name: "",
+        count: count(total),
+        current: status.is_none(),
+    }];
+    chips.extend(Status::ALL.iter().map(|s| StatusChip {
+        name: s.as_str(),
+        count: count(counts.get(s).copied().unwrap_or(0)),
+        current: status == Some(*s),
+    }));
+    let base_query = query(status_name);
+    let next = page.next_cursor.map(|c| {
+        if base_query.is_empty() {
+            format!("/admin/tasks?cursor={c}")
+        } else {
+            format!("/admin/tasks?{base_query}&cursor={c}")
+        }
+    });
+    Ok(TasksPage {
+        l: ctx.layout("Tasks", "tasks"),
+        rows: page.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        chips,
+        types: types.into_iter().collect(),
+        status: status_name.to_string(),
+        task_type: type_name,
+        next,
+        paged: cursor.is_some(),
+        live: format!("/admin/live/tasks?{base_query}"),
+        handler_types: app.config.handlers.keys().cloned().collect(),
+        form,
+        form_error,
+    })
+}
+
+/// `GET /admin/tasks`.
+pub async fn list(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PageQuery(q): PageQuery<ListQuery>,
+) -> Result<TasksPage, AdminError> {
+    let form = EnqueueForm {
+        payload: "{}".into(),
+        ..EnqueueForm::default()
+    };
+    list_page(&app, &ctx, q, form, None).await
+}
+
+/// `GET /admin/live/tasks`: counts by status and the first page of rows, for `admin.js`.
+pub async fn live_list(
+    State(app): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = parse_status(q.status.as_deref()).map_err(ApiError::bad_request)?;
+    let task_type = q.task_type.filter(|t| !t.is_empty());
+    let page = app
+        .queue
+        .list(TaskFilter {
+            status,
+            task_type: task_type.clone(),
+            limit: PAGE,
+            cursor: None,
+        })
+        .await?;
+    let (counts, _) = status_counts(&app, task_type.as_deref()).await?;
+    let now = app.clock.now_ms();
+    let rows: Vec<TaskRow> = page.tasks.iter().map(|t| TaskRow::of(t, now)).collect();
+    let html = TaskRows { rows: &rows }
+        .render()
+        .map_err(ApiError::internal)?;
+    let mut chips = serde_json::Map::new();
+    chips.insert("all".into(), json!(count(counts.values().sum())));
+    for s in Status::ALL {
+        chips.insert(
+            s.as_str().into(),
+            json!(count(counts.get(&s).copied().unwrap_or(0))),
+        );
+    }
+    Ok(Json(json!({"counts": chips, "html": {"rows": html}})))
+}
+
+fn optional<T: std::str::FromStr>(field: &str, raw: &str) -> Result<Option<T>, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<T>()
+        .map(Some)
+        .map_err(|_| format!("{field}: `{raw}` is not a valid whole number"))
+}
+
+fn new_task(form: &EnqueueForm) -> Result<NewTask, String> {
+    let payload = if form.payload.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(&form.payload).map_err(|e| format!("payload: not JSON: {e}"))?
+    };
+    let run_at = match form.run_at.trim() {
+        "" => None,
+        at => Some(
+            chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|e| format!("run at: `{at}` is not an RFC 3339 time: {e}"))?
+                .timestamp_millis(),
+        ),
+    };
+    Ok(NewTask {
+        task_type: form.task_type.trim().to_string(),
+        payload,
+        priority: optional("priority", &form.priority)?,
+        idempotency_key: Some(form.idempotency_key.trim().to_string()).filter(|k| !k.is_empty()),
+        run_at,
+        max_attempts: optional("max attempts", &form.max_attempts)?,
+        timeout_s: optional("timeout", &form.timeout_s)?,
+    })
+}
+
+/// `POST /admin/tasks`: enqueues through the queue room, like `POST /api/v1/tasks`.
+pub async fn enqueue(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PageForm(form): PageForm<EnqueueForm>,
+) -> Result<Response, AdminError> {
+    let problem = match new_task(&form) {
+        Ok(task) => match app.queue.enqueue(&ctx.actor(), task).await {
+            Ok(done) => {
+                return Ok(
+                    Redirect::to(&format!("/admin/tasks/{}?msg=enqueued", done.task.id))
+                        .into_response(),
+                );
+            }
+            Err(e @ (QueueError::Invalid(_) | QueueError::Full { .. })) => e.to_string(),
+            Err(e) => return Err(e.into()),
+        },
+        Err(problem) => problem,
+    };
+    let page = list_page(&app, &ctx, ListQuery::default(), form, Some(problem)).await?;
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
+}
+
+/// One attempt of a task.
+pub struct AttemptRow {
+    /// Number.
+    pub number: u32,
+    /// Started.
+    pub started: String,
+    /// Took, or `running`.
+    pub took: String,
+    /// Outcome.
+    pub outcome: String,
+    /// Error class and message.
+    pub error: String,
+    /// Whether it used up an attempt.
+    pub counted: bool,
+    /// HTTP status of the answer.
+    pub receipt_status: String,
+    /// Latency of the answer.
+    pub receipt_latency: String,
+    /// Start of the answer's body.
+    pub receipt_body: String,
+}
+
+/// A task as its page shows it: everything but the handler's secrets.
+pub struct TaskView {
+    /// Id.
+    pub id: String,
+    /// Type.
+    pub task_type: String,
+    /// Status.
+    pub status: &'static str,
+    /// Fields shown as a definition list.
+    pub facts: Vec<(&'static str, String)>,
+    /// How it runs (no secrets).
+    pub handler: String,
+    /// The payload, pretty-printed.
+    pub payload: String,
+    /// The result, pretty-printed.
+    pub result: Option<String>,
+    /// Whether it will not change any more.
+    pub finished: bool,
+}
+
+fn handler_summary(h: &HandlerSnapshot) -> String {
+    match h {
+        HandlerSnapshot::Http { url, method, .. } => format!("http {method} {url}"),
+        HandlerSnapshot::Command { program, args, .. } => {
+            format!("command {program} {}", args.join(" "))
+        }
+        HandlerSnapshot::Llm {
+            provider, model, ..
+        } => format!("llm {provider} / {model}"),
+        HandlerSnapshot::Workflow { steps } => format!(
+            "workflow: {}",
+            steps
+                .iter()
+                .map(|s| format!("{} ({})", s.name, s.handler_type))
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
+    }
+}
+
+fn view(t: &Task, now: i64, created_by: String) -> TaskView {
+    let mut facts = vec![
+        (
+            "Created",
+            format!("{} ({})", time(t.created_at), ago(now, t.created_at)),
+        ),
+        ("Created by", created_by),
+        (
+            "Updated",
+            format!("{} ({})", time(t.updated_at), ago(now, t.updated_at)),
+        ),
+        ("Due", time(t.due_at)),
+        ("Finished", time_opt(t.finished_at)),
+        (
+            "Attempts",
+            format!("{} of {}", t.counted_attempts(), t.max_attempts),
+        ),
+        ("Priority", t.priority.to_string()),
+        ("Timeout", format!("{} s", t.timeout_ms / 1000)),
+        ("Target", t.target.clone()),
+        ("Webhook id", t.webhook_id()),
+    ];
+    if let Some(k) = &t.idempotency_key {
+        facts.push(("Idempotency key", k.clone()));
+    }
+    if t.cancel_requested && !t.status.is_final() {
+        facts.push((
+            "Cancel",
+            "requested; waiting for the attempt to stop".into(),
+        ));
+    }
+    TaskView {
+        id: t.id.to_string(),
+        task_type: t.task_type.clone(),
+        status: t.status.as_str(),
+        facts,
+        handler: handler_summary(&t.handler),
+        payload: pretty_json(&t.payload),
+        result: t.result.as_deref().map(pretty_json),
+        finished: t.status.is_final(),
+    }
+}
+
+fn attempts(t: &Task) -> Vec<AttemptRow> {
+    t.attempts
+        .iter()
+        .rev()
+        .map(|a| AttemptRow {
+            number: a.number,
+            started: time(a.started_at),
+            took: a
+                .finished_at
+                .map_or("running".into(), |f| format!("{} ms", f - a.started_at)),
+            outcome: if a.outcome.is_empty() {
+                "running".into()
+            } else {
+                a.outcome.clone()
+            },
+            error: match (&a.error_class, &a.error_message) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.clone(),
+                (None, Some(m)) => m.clone(),
+                (None, None) => String::new(),
+            },
+            counted: a.counted,
+            receipt_status: a
+                .receipt
+                .as_ref()
+                .and_then(|r| r.status)
+                .map_or(String::new(), |s| s.to_string()),
+            receipt_latency: a
+                .receipt
+                .as_ref()
+                .map_or(String::new(), |r| format!("{} ms", r.latency_ms)),
+            receipt_body: a
+                .receipt
+                .as_ref()
+                .map_or(String::new(), |r| r.body_head.clone()),
+        })
+        .collect()
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "admin/task.html")]
+pub struct TaskPage {
+    l: Layout,
+    t: TaskView,
+    attempts: Vec<AttemptRow>,
+    logs: Vec<(u32, String)>,
+    next_line: u32,
+}
+
+fn task_id(raw: &str) -> Result<Uuid, AdminError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| AdminError::bad_request(format!("`{raw}` is not a valid task id")))
+}
+
+/// `GET /admin/tasks/{id}`.
+pub async fn detail(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+) -> Result<TaskPage, AdminError> {
+    let id = task_id(&id)?;
+    let task = app.queue.get(id).await?;
+    let logs = app.queue.logs(id, 0).await?;
+    let now = app.clock.now_ms();
+    let next_line = logs.last().map_or(0, |(n, _)| n + 1);
+    // The key that made it, by name when it is a key.
+    let created_by = Uuid::parse_str(&task.created_by)
+        .ok()
+        .and_then(|id| app.auth.get(id).ok())
+        .map_or_else(
+            || task.created_by.clone(),
+            |k| format!("{} ({})", k.name, task.created_by),
+        );
+    Ok(TaskPage {
+        l: ctx.layout(format!("Task {}", task.task_type), "tasks"),
+        t: view(&task, now, created_by),
+        attempts: attempts(&task),
+        logs,
+        next_line,
+    })
+}
+
+/// `POST /admin/tasks/{id}/cancel`: the queue room's cancel (audited), and a running attempt is
+/// asked to stop, as `POST /api/v1/tasks/{id}/cancel` does.
+pub async fn cancel(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+) -> Result<Redirect, AdminError> {
+    let id = task_id(&id)?;
+    let task = app.queue.cancel(&ctx.actor(), id).await?;
+    if task.status == Status::Running {
+        app.dispatcher.cancel_running(id);
+    }
+    Ok(Redirect::to(&format!("/admin/tasks/{id}?msg=cancelled")))
+}
