@@ -211,7 +211,10 @@ pub struct Queue {
 }
 
 const DEFAULT_PRIORITY: u32 = 100;
+/// Most ready entries one lease looks at (leased, or moved aside for an open circuit), which
+/// bounds the size of its transaction.
 const SCAN_LIMIT: usize = 512;
+/// Most index entries one transaction promotes, reaps or purges.
 const PROMOTE_LIMIT: usize = 1000;
 
 impl Queue {
@@ -947,8 +950,7 @@ fn set_status(
 /// Puts a waiting task in the ready or delayed index by its due time.
 fn schedule(tx: &WriteTransaction, task: &Task, now: Millis) -> Result<(), QueueError> {
     if task.due_at <= now {
-        tx.open_table(TASKS_READY)?
-            .insert((task.priority, task.due_at, task.id.as_u128()), ())?;
+        tx.open_table(TASKS_READY)?.insert(ready_key(task), ())?;
     } else {
         tx.open_table(TASKS_DELAYED)?
             .insert((task.due_at, task.id.as_u128()), ())?;
@@ -958,8 +960,7 @@ fn schedule(tx: &WriteTransaction, task: &Task, now: Millis) -> Result<(), Queue
 
 /// Removes a waiting task from the ready and delayed indexes.
 fn unschedule(tx: &WriteTransaction, task: &Task) -> Result<(), QueueError> {
-    tx.open_table(TASKS_READY)?
-        .remove((task.priority, task.due_at, task.id.as_u128()))?;
+    tx.open_table(TASKS_READY)?.remove(ready_key(task))?;
     tx.open_table(TASKS_DELAYED)?
         .remove((task.due_at, task.id.as_u128()))?;
     Ok(())
@@ -1023,6 +1024,52 @@ fn has_due_work(tx: &ReadTransaction, now: Millis) -> Result<bool, QueueError> {
         .is_some_and(|(k, _)| k.value().0 <= now))
 }
 
+/// A task's key in the ready index.
+fn ready_key(task: &Task) -> (&str, u32, i64, u128) {
+    (
+        task.task_type.as_str(),
+        task.priority,
+        task.due_at,
+        task.id.as_u128(),
+    )
+}
+
+/// The most urgent ready entry of `task_type`: (priority, due, id).
+fn ready_head(
+    tx: &WriteTransaction,
+    task_type: &str,
+) -> Result<Option<(u32, i64, u128)>, QueueError> {
+    let table = tx.open_table(TASKS_READY)?;
+    let mut range =
+        table.range((task_type, 0, i64::MIN, 0)..=(task_type, u32::MAX, i64::MAX, u128::MAX))?;
+    Ok(match range.next() {
+        Some(row) => {
+            let (_, p, due, id) = row?.0.value();
+            Some((p, due, id))
+        }
+        None => None,
+    })
+}
+
+/// Task types that have ready tasks, by skipping from one type to the next in the index.
+fn ready_types(tx: &WriteTransaction) -> Result<Vec<String>, QueueError> {
+    let table = tx.open_table(TASKS_READY)?;
+    let mut types = Vec::new();
+    let mut next = table.first()?.map(|(k, _)| k.value().0.to_string());
+    while let Some(task_type) = next {
+        next = table
+            .range((task_type.as_str(), u32::MAX, i64::MAX, u128::MAX)..)?
+            .find_map(|r| match r {
+                Ok((k, _)) if k.value().0 != task_type => Some(Ok(k.value().0.to_string())),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .transpose()?;
+        types.push(task_type);
+    }
+    Ok(types)
+}
+
 fn lease_in(
     tx: &WriteTransaction,
     request: &LeaseRequest,
@@ -1039,40 +1086,50 @@ fn lease_in(
     for (at, raw) in due {
         tx.open_table(TASKS_DELAYED)?.remove((at, raw))?;
         if let Some(task) = load(tx, Uuid::from_u128(raw))? {
-            tx.open_table(TASKS_READY)?
-                .insert((task.priority, task.due_at, raw), ())?;
+            tx.open_table(TASKS_READY)?.insert(ready_key(&task), ())?;
         }
     }
 
-    let candidates: Vec<(u32, i64, u128)> = tx
-        .open_table(TASKS_READY)?
-        .iter()?
-        .take(SCAN_LIMIT)
-        .map(|r| r.map(|(k, _)| k.value()))
-        .collect::<Result<_, _>>()?;
+    // The head of each type with room; the most urgent head is leased next, then that type's
+    // head is refreshed. A type at its concurrency limit is never looked at.
     let mut room = request.type_room.clone();
-    let mut leased = Vec::new();
-    for key in candidates {
-        if leased.len() >= request.max {
-            break;
+    let mut heads = std::collections::BinaryHeap::new();
+    for task_type in ready_types(tx)? {
+        if room.get(&task_type).is_some_and(|left| *left == 0) {
+            continue;
         }
-        let Some(mut task) = load(tx, Uuid::from_u128(key.2))? else {
-            tx.open_table(TASKS_READY)?.remove(key)?;
+        if let Some(head) = ready_head(tx, &task_type)? {
+            heads.push(std::cmp::Reverse((head, task_type)));
+        }
+    }
+    let mut leased = Vec::new();
+    let mut looked_at = 0;
+    while leased.len() < request.max && looked_at < SCAN_LIMIT {
+        let Some(std::cmp::Reverse(((priority, due, raw), task_type))) = heads.pop() else {
+            break;
+        };
+        looked_at += 1;
+        tx.open_table(TASKS_READY)?
+            .remove((task_type.as_str(), priority, due, raw))?;
+        let refill = |tx: &WriteTransaction, heads: &mut std::collections::BinaryHeap<_>| {
+            if let Some(head) = ready_head(tx, &task_type)? {
+                heads.push(std::cmp::Reverse((head, task_type.clone())));
+            }
+            Ok::<_, QueueError>(())
+        };
+        let Some(mut task) = load(tx, Uuid::from_u128(raw))? else {
+            refill(tx, &mut heads)?;
             continue;
         };
-        if room.get(&task.task_type).is_some_and(|left| *left == 0) {
-            continue;
-        }
         if let Some(until) = request.blocked_targets.get(&task.target) {
             // The circuit is open: wait for the trial time without using an attempt.
-            tx.open_table(TASKS_READY)?.remove(key)?;
             task.due_at = (*until).max(now + 1);
             task.updated_at = now;
             save(tx, &task)?;
             schedule(tx, &task, now)?;
+            refill(tx, &mut heads)?;
             continue;
         }
-        tx.open_table(TASKS_READY)?.remove(key)?;
         let lease = Lease {
             id: u128::from_le_bytes(crate::fsutil::random_bytes::<16>()),
             expires_at: now + lease_ms,
@@ -1092,8 +1149,15 @@ fn lease_in(
         save(tx, &task)?;
         tx.open_table(TASKS_LEASED)?
             .insert((lease.expires_at, task.id.as_u128()), ())?;
-        if let Some(left) = room.get_mut(&task.task_type) {
-            *left -= 1;
+        let has_room = match room.get_mut(&task.task_type) {
+            Some(left) => {
+                *left -= 1;
+                *left > 0
+            }
+            None => true,
+        };
+        if has_room {
+            refill(tx, &mut heads)?;
         }
         leased.push(task);
     }
@@ -1371,6 +1435,120 @@ mod tests {
             "example.com:8443"
         );
         assert_eq!(url_host("http://127.0.0.1:9/hook"), "127.0.0.1:9");
+    }
+
+    fn queue_with_types(types: &[&str]) -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open(
+                &dir.path().join("keel.redb"),
+                crate::store::StoreOptions::default(),
+            )
+            .unwrap(),
+        );
+        let audit = Arc::new(Audit::load_or_create(dir.path(), 1000).unwrap());
+        let mut config = Config::default();
+        for t in types {
+            config.handlers.insert(
+                t.to_string(),
+                HandlerConfig::Http(crate::config::HttpHandlerConfig {
+                    url: "http://127.0.0.1:9/".into(),
+                    method: "POST".into(),
+                    token: None,
+                    signing_secret: None,
+                    timeout_seconds: 30,
+                    target_concurrency: 8,
+                    concurrency: None,
+                    max_attempts: None,
+                }),
+            );
+        }
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let queue = Queue::new(store, audit, clock, Arc::new(config));
+        (dir, queue)
+    }
+
+    #[tokio::test]
+    async fn a_type_at_its_limit_does_not_starve_the_others() {
+        let (_dir, queue) = queue_with_types(&["busy", "other"]);
+        for _ in 0..(SCAN_LIMIT + 100) {
+            queue
+                .enqueue(
+                    "test",
+                    NewTask {
+                        task_type: "busy".into(),
+                        ..NewTask::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        let other = queue
+            .enqueue(
+                "test",
+                NewTask {
+                    task_type: "other".into(),
+                    priority: Some(500),
+                    ..NewTask::default()
+                },
+            )
+            .await
+            .unwrap();
+        let leased = queue
+            .lease(LeaseRequest {
+                max: 10,
+                type_room: HashMap::from([("busy".to_string(), 0)]),
+                blocked_targets: HashMap::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            leased.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![other.task.id]
+        );
+        // With room for 3 busy tasks, exactly 3 of them go, most urgent (oldest) first.
+        let leased = queue
+            .lease(LeaseRequest {
+                max: 10,
+                type_room: HashMap::from([("busy".to_string(), 3)]),
+                blocked_targets: HashMap::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 3);
+        assert!(leased.windows(2).all(|w| w[0].id < w[1].id));
+    }
+
+    #[tokio::test]
+    async fn leasing_interleaves_types_by_priority() {
+        let (_dir, queue) = queue_with_types(&["a", "b"]);
+        let mut expected = Vec::new();
+        for (task_type, priority) in [("a", 5), ("b", 1), ("a", 3), ("b", 9)] {
+            let t = queue
+                .enqueue(
+                    "test",
+                    NewTask {
+                        task_type: task_type.into(),
+                        priority: Some(priority),
+                        ..NewTask::default()
+                    },
+                )
+                .await
+                .unwrap();
+            expected.push((priority, t.task.id));
+        }
+        expected.sort();
+        let leased = queue
+            .lease(LeaseRequest {
+                max: 10,
+                ..LeaseRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            leased.iter().map(|t| t.id).collect::<Vec<_>>(),
+            expected.iter().map(|(_, id)| *id).collect::<Vec<_>>()
+        );
     }
 
     #[test]

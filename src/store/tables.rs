@@ -36,8 +36,10 @@ pub const BENCH_RECORDS_TEST: TableDefinition<u64, u64> = TableDefinition::new("
 /// Tasks: task id (UUIDv7 as `u128`) → task record.
 pub const TASKS: TableDefinition<u128, &[u8]> = TableDefinition::new("tasks_v1");
 
-/// Tasks ready to run, in the order they are leased: (priority, due ms, task id).
-pub const TASKS_READY: TableDefinition<(u32, i64, u128), ()> =
+/// Tasks ready to run, per type, in the order they are leased:
+/// (task type, priority, due ms, task id). One index per type lets leasing skip a type at its
+/// concurrency limit in O(log n) instead of scanning past its tasks.
+pub const TASKS_READY: TableDefinition<(&str, u32, i64, u128), ()> =
     TableDefinition::new("tasks_ready_v1");
 
 /// Tasks waiting for a time (a later `run_at`, a retry backoff, an open circuit): (due ms, id).
