@@ -12,6 +12,7 @@ use crate::auth::Auth;
 use crate::budget::{BudgetGauges, Budgets};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
+use crate::cycles::{CycleWorker, Cycles, CyclesError, TelemetryRetention};
 use crate::exec::circuit::Circuits;
 use crate::exec::{DispatchWorker, Dispatcher};
 use crate::inbox::{Inbox, InboxPrune};
@@ -47,6 +48,9 @@ pub enum StartError {
     /// Interrupted tasks could not be recovered.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The profile files are invalid (every problem is listed), or cycles could not start.
+    #[error(transparent)]
+    Cycles(#[from] CyclesError),
     /// Signal handlers could not be installed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signals(std::io::Error),
@@ -183,6 +187,8 @@ pub struct App {
     pub supervisor: Supervisor,
     /// Runs queued tasks.
     pub dispatcher: Arc<Dispatcher>,
+    /// Profiles, cycles, telemetry, advice and governance.
+    pub cycles: Arc<Cycles>,
     /// When this process started (epoch ms).
     pub started_at_ms: Millis,
     started: Instant,
@@ -200,6 +206,18 @@ impl std::ops::Deref for App {
 impl App {
     /// Opens everything, creates the first admin key if there is none, starts the workers.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
+        Self::start_with(config, clock, None).await
+    }
+
+    /// [`App::start`] with a crash point for crash tests (`KEEL_CRASH_AT`, read only by
+    /// `keel serve`; see [`crate::cycles::CRASH_ENV`]).
+    pub async fn start_with(
+        config: Config,
+        clock: SharedClock,
+        crash_at: Option<String>,
+    ) -> Result<Arc<App>, StartError> {
+        // Invalid profile files refuse the start before any file is touched.
+        let profiles = crate::cycles::profiles::load(&config).map_err(CyclesError::from)?;
         let core = Core::open(config, clock)?;
         if let Some(path) = core
             .auth
@@ -227,8 +245,19 @@ impl App {
             Arc::clone(&core.budgets),
             Arc::clone(&core.store),
         );
+        let cycles = Cycles::open(
+            Arc::clone(&core.store),
+            Arc::clone(&core.audit),
+            Arc::clone(&core.clock),
+            Arc::clone(&core.config),
+            Arc::clone(&core.queue),
+            profiles,
+            crash_at,
+        )
+        .await?;
         let app = Arc::new(App {
             dispatcher,
+            cycles,
             started_at_ms: core.clock.now_ms(),
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
@@ -266,6 +295,12 @@ impl App {
         });
         self.supervisor.spawn(InboxPrune {
             inbox: Arc::clone(&self.inbox),
+        });
+        self.supervisor.spawn(CycleWorker {
+            cycles: Arc::clone(&self.cycles),
+        });
+        self.supervisor.spawn(TelemetryRetention {
+            cycles: Arc::clone(&self.cycles),
         });
         self.supervisor.spawn(CheckpointWorker {
             store: Arc::clone(&self.store),
@@ -308,9 +343,10 @@ impl App {
     pub async fn drain_workers(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         let drain = self.config.shutdown.drain();
-        let (report, ()) = tokio::join!(
+        let (report, (), ()) = tokio::join!(
             self.supervisor.shutdown(drain),
-            self.dispatcher.drain(drain)
+            self.dispatcher.drain(drain),
+            self.cycles.drain(drain)
         );
         tracing::info!(stopped = ?report.stopped, aborted = ?report.aborted, "workers drained");
     }
@@ -393,7 +429,7 @@ impl Worker for CheckpointWorker {
 /// Binds the configured address and serves until SIGTERM/SIGINT, then shuts down in order.
 pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError> {
     let listen = config.server.listen;
-    let app = App::start(config, clock).await?;
+    let app = App::start_with(config, clock, crate::cycles::crash_point_from_env()).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -405,6 +441,25 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         source,
     })?;
     let signalled = shutdown_signal().map_err(StartError::Signals)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(StartError::Signals)?;
+    let reloader = Arc::clone(&app);
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the profile files");
+            match reloader.cycles.reload(audit::SYSTEM_ACTOR).await {
+                Ok(r) => tracing::info!(
+                    profiles = r.profiles,
+                    run_profiles = r.run_profiles,
+                    changed = ?r.changed,
+                    "reload done"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the running configuration stays")
+                }
+            }
+        }
+    });
     tracing::info!(
         version = VERSION,
         address = %local,

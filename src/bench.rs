@@ -1,5 +1,17 @@
-//! `keel bench store`: durable write rates measured in one run on one disk — raw redb single
-//! commits (the baseline) against keel's group-committed writer with 1, 8 and 64 writers.
+//! Benchmarks. `keel bench store`: durable write rates measured in one run on one disk — raw
+//! redb single commits (the baseline) against keel's group-committed writer with 1, 8 and 64
+//! writers. `keel bench queue`: the queue's rates in one process.
+//!
+//! The pieces `bench/run` assembles into one report (keel against the machine's limits and
+//! against peer queues): `limits` and `hello` ([`limits`]), `inproc` and `audit` ([`inproc`]),
+//! `lifecycle` and `rate` against a running keel ([`drive`]), and `report` ([`report`]), all
+//! writing [`record::Record`]s as JSON lines.
+
+pub mod drive;
+pub mod inproc;
+pub mod limits;
+pub mod record;
+pub mod report;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -213,6 +213,35 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// The machine's limits: fsync latency and rate, raw redb single commits, group commit.
+    Limits(crate::bench::limits::LimitsArgs),
+    /// A bare axum "hello" endpoint: the HTTP ceiling, for a load generator such as wrk.
+    Hello(crate::bench::limits::HelloArgs),
+    /// In-process durable enqueue (1, 8, 64 producers) and full lifecycle, without HTTP.
+    Inproc(crate::bench::inproc::InprocArgs),
+    /// Audit chain verification against raw blake3 over the same bytes.
+    Audit(crate::bench::inproc::AuditArgs),
+    /// Full lifecycle against a running keel: submit over HTTP, deliver to a local sink.
+    Lifecycle(crate::bench::drive::LifecycleArgs),
+    /// Enqueue-to-start latency against a running keel at a fixed rate, open loop.
+    Rate(crate::bench::drive::RateArgs),
+    /// One table from the JSON-lines results of a run (`bench/run` calls it).
+    Report(crate::bench::report::ReportArgs),
+    /// Dashboard render times (overview, tasks) over many tasks and days of metric history.
+    Admin {
+        /// Directory for the scratch database (default: the current directory's disk).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// Tasks in the store.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Days of per-minute metric snapshots.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        /// Requests per page measured.
+        #[arg(long, default_value_t = 200)]
+        renders: usize,
+    },
 }
 
 /// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
@@ -371,6 +400,44 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            command:
+                command @ (BenchCommand::Limits(_)
+                | BenchCommand::Hello(_)
+                | BenchCommand::Inproc(_)
+                | BenchCommand::Audit(_)
+                | BenchCommand::Lifecycle(_)
+                | BenchCommand::Rate(_)
+                | BenchCommand::Report(_)),
+        } => {
+            init_logging(&config, Some("warn"));
+            match command {
+                BenchCommand::Limits(args) => crate::bench::limits::run(&args),
+                BenchCommand::Hello(args) => crate::bench::limits::hello(&args),
+                BenchCommand::Inproc(args) => crate::bench::inproc::run(&args),
+                BenchCommand::Audit(args) => crate::bench::inproc::audit(&args),
+                BenchCommand::Lifecycle(args) => crate::bench::drive::lifecycle(&args),
+                BenchCommand::Rate(args) => crate::bench::drive::rate(&args),
+                BenchCommand::Report(args) => crate::bench::report::run(&args),
+                _ => unreachable!("matched by the pattern above"),
+            }
+            .map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Admin {
+                    dir,
+                    tasks,
+                    days,
+                    renders,
+                },
+        } => {
+            init_logging(&config, Some("warn"));
+            crate::http::admin::bench::run(&dir, tasks, days.max(1), renders.max(1))
+                .map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { .. }
         | Command::Version
         | Command::Manpage { .. }
@@ -419,7 +486,8 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
 
 fn start_failure(e: StartError) -> Failure {
     match e {
-        StartError::Store(StoreError::NewerSchema { .. }) => usage(e),
+        StartError::Store(StoreError::NewerSchema { .. })
+        | StartError::Cycles(crate::cycles::CyclesError::Config(_)) => usage(e),
         other => Failure::from(anyhow::Error::new(other)),
     }
 }

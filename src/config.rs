@@ -26,6 +26,7 @@ pub const RESERVED_ENV: &[&str] = &[
     "KEEL_API_KEY",
     "KEEL_API_KEY_FILE",
     "KEEL_URL",
+    "KEEL_CRASH_AT",
 ];
 
 const ENV_PREFIX: &str = "KEEL_";
@@ -62,6 +63,16 @@ pub struct Config {
     pub inbox: InboxConfig,
     /// LLM providers (for `kind = "llm"` handlers), their prices and daily budgets.
     pub llm: LlmConfig,
+    /// Scheduled cycles over profiles and run profiles.
+    pub cycles: CyclesConfig,
+    /// Where cycles dispatch their outputs.
+    pub dispatch: DispatchConfig,
+    /// Global pause of cycles.
+    pub governance: GovernanceConfig,
+    /// Whether approved strategy proposals may change profiles.
+    pub autonomy: AutonomyConfig,
+    /// The telemetry bus of cycles: retention, cold archive, advisory signals.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -80,6 +91,11 @@ impl Default for Config {
             handlers: BTreeMap::new(),
             inbox: InboxConfig::default(),
             llm: LlmConfig::default(),
+            cycles: CyclesConfig::default(),
+            dispatch: DispatchConfig::default(),
+            governance: GovernanceConfig::default(),
+            autonomy: AutonomyConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -657,6 +673,127 @@ impl ShutdownConfig {
     }
 }
 
+/// `[cycles]`: scheduled cycles over the profiles in `profiles_dir`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CyclesConfig {
+    /// Directory holding `profiles.json` and `runProfiles.json`; empty: no profiles.
+    pub profiles_dir: PathBuf,
+    /// Cron schedule of raw cycles (seconds first; the classic 5-field form is accepted);
+    /// empty: off.
+    pub schedule: String,
+    /// Cron schedule running every enabled run profile; empty: off.
+    pub run_profile_schedule: String,
+    /// IANA timezone the schedules are read in.
+    pub timezone: String,
+    /// Namespace of raw cycles (those not started from a run profile).
+    pub default_namespace: String,
+    /// Dispatch endpoints raw cycles deliver to.
+    pub default_targets: Vec<String>,
+    /// Items per normalization batch.
+    pub normalization_batch_size: usize,
+    /// Task type whose handler normalizes each batch; empty: pass-through.
+    pub normalizer: String,
+}
+
+impl Default for CyclesConfig {
+    fn default() -> Self {
+        Self {
+            profiles_dir: PathBuf::new(),
+            schedule: "0 0 0,12 * * *".to_owned(),
+            run_profile_schedule: String::new(),
+            timezone: "UTC".to_owned(),
+            default_namespace: "default".to_owned(),
+            default_targets: Vec::new(),
+            normalization_batch_size: 100,
+            normalizer: String::new(),
+        }
+    }
+}
+
+/// `[dispatch]`: the endpoints cycles deliver to, through the task queue's http executor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Retries after the first attempt before a dispatch goes to the dead-letter queue.
+    pub max_retries: u32,
+    /// Endpoints by key (the names distribution targets use).
+    pub endpoints: BTreeMap<String, DispatchEndpointConfig>,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            endpoints: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[dispatch.endpoints.<key>]`: one endpoint; url, method and token are snapshotted into each
+/// dispatch when it is enqueued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchEndpointConfig {
+    /// Where to send (http or https).
+    pub url: String,
+    /// HTTP method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Standard Webhooks signing secret (`whsec_` + base64).
+    #[serde(default)]
+    pub signing_secret: Option<Secret>,
+    /// Request timeout, in seconds.
+    #[serde(default = "default_http_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// `[governance]`: stops cycles.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// Pause every cycle before any work (the API cannot resume while this is set).
+    pub global_pause: bool,
+}
+
+/// `[autonomy]`: approved strategy proposals change profiles only when both are true.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutonomyConfig {
+    /// First switch.
+    pub enabled: bool,
+    /// Second switch.
+    pub allow_mutation: bool,
+}
+
+/// `[telemetry]`: the telemetry bus of cycles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Days events are kept.
+    pub retention_days: u64,
+    /// Write pruned events to compressed JSON-lines files under the data dir first.
+    pub cold_archive: bool,
+    /// Hours of telemetry an advisory signal looks at.
+    pub signal_window_hours: u64,
+    /// Fewest finished cycles before a signal is other than `stable`.
+    pub signal_min_samples: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            cold_archive: false,
+            signal_window_hours: 168,
+            signal_min_samples: 3,
+        }
+    }
+}
+
 /// A secret string. `Debug`, `Display` and `Serialize` all give `***`, so it cannot reach a log
 /// or printed config; use [`Secret::expose`] where the value is really needed.
 #[derive(Clone, PartialEq, Eq)]
@@ -947,7 +1084,125 @@ impl Config {
         self.validate_queue()?;
         self.validate_llm()?;
         self.validate_handlers()?;
-        self.validate_inbox()
+        self.validate_inbox()?;
+        self.validate_cycles()
+    }
+
+    fn validate_cycles(&self) -> Result<(), ConfigError> {
+        let c = &self.cycles;
+        crate::cycles::schedule::parse_timezone(&c.timezone)
+            .map_err(|e| invalid("cycles.timezone", e))?;
+        for (key, expr) in [
+            ("cycles.schedule", &c.schedule),
+            ("cycles.run_profile_schedule", &c.run_profile_schedule),
+        ] {
+            if !expr.trim().is_empty() {
+                crate::cycles::schedule::CronSchedule::parse(expr, &c.timezone)
+                    .map_err(|e| invalid(key, e))?;
+            }
+        }
+        if !crate::cycles::valid_name(&c.default_namespace) {
+            return Err(invalid(
+                "cycles.default_namespace",
+                "a namespace is 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        for (i, target) in c.default_targets.iter().enumerate() {
+            if !self.dispatch.endpoints.contains_key(target) {
+                return Err(invalid(
+                    &format!("cycles.default_targets[{i}]"),
+                    format!(
+                        "no [dispatch.endpoints.{target}] is configured (configured: {})",
+                        names_or_none(self.dispatch.endpoints.keys())
+                    ),
+                ));
+            }
+        }
+        between(
+            "cycles.normalization_batch_size",
+            c.normalization_batch_size as u64,
+            1,
+            100_000,
+        )?;
+        if !c.normalizer.is_empty() && !self.handlers.contains_key(&c.normalizer) {
+            return Err(invalid(
+                "cycles.normalizer",
+                format!(
+                    "no [handlers.{}] is configured (configured: {})",
+                    c.normalizer,
+                    names_or_none(self.handlers.keys())
+                ),
+            ));
+        }
+        between(
+            "dispatch.max_retries",
+            u64::from(self.dispatch.max_retries),
+            0,
+            999,
+        )?;
+        for (name, e) in &self.dispatch.endpoints {
+            let key = |field: &str| format!("dispatch.endpoints.{name}.{field}");
+            if !crate::cycles::valid_name(name) {
+                return Err(invalid(
+                    &format!("dispatch.endpoints.{name}"),
+                    "an endpoint key is 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            let url = e.url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(invalid(
+                    &key("url"),
+                    format!("must be an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+            if !["POST", "PUT", "PATCH"].contains(&e.method.as_str()) {
+                return Err(invalid(
+                    &key("method"),
+                    format!("must be POST, PUT or PATCH, got {:?}", e.method),
+                ));
+            }
+            if let Some(secret) = &e.signing_secret {
+                let ok = secret.expose().strip_prefix("whsec_").is_some_and(|b64| {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                        .is_ok_and(|k| k.len() >= 16)
+                });
+                if !ok {
+                    return Err(invalid(
+                        &key("signing_secret"),
+                        "must be `whsec_` followed by base64 of at least 16 bytes",
+                    ));
+                }
+            }
+            between(&key("timeout_seconds"), e.timeout_seconds, 1, 3600)?;
+            if e.timeout_seconds >= self.queue.lease_seconds {
+                return Err(invalid(
+                    &key("timeout_seconds"),
+                    format!(
+                        "must be shorter than queue.lease_seconds ({})",
+                        self.queue.lease_seconds
+                    ),
+                ));
+            }
+        }
+        between(
+            "telemetry.retention_days",
+            self.telemetry.retention_days,
+            1,
+            3650,
+        )?;
+        between(
+            "telemetry.signal_window_hours",
+            self.telemetry.signal_window_hours,
+            1,
+            24 * 3650,
+        )?;
+        between(
+            "telemetry.signal_min_samples",
+            self.telemetry.signal_min_samples,
+            1,
+            1_000_000,
+        )?;
+        Ok(())
     }
 
     fn validate_inbox(&self) -> Result<(), ConfigError> {

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cycles;
 pub mod doctor;
 pub mod exec;
 pub mod fsutil;

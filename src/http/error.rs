@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::budget::BudgetError;
+use crate::cycles::CyclesError;
 use crate::exec::circuit::CircuitError;
 use crate::inbox::InboxError;
 use crate::queue::QueueError;
@@ -24,6 +25,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
+    /// Further fields of the error object (e.g. every configuration error).
+    details: Option<(&'static str, serde_json::Value)>,
 }
 
 /// Detail of an internal error, carried from the handler to the request middleware, which logs
@@ -39,7 +42,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            details: None,
         }
+    }
+
+    /// Adds a field to the error object (`{"error": {"code", "message", <key>: value}}`).
+    pub fn with_detail(mut self, key: &'static str, value: serde_json::Value) -> Self {
+        self.details = Some((key, value));
+        self
     }
 
     /// 400 with a message saying what was wrong and where.
@@ -86,7 +96,10 @@ impl IntoResponse for ApiError {
                 .insert(InternalDetail(self.message));
             return response;
         }
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some((key, value)) = self.details {
+            body["error"][key] = value;
+        }
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
@@ -111,6 +124,28 @@ impl From<QueueError> for ApiError {
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
             },
             QueueError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<CyclesError> for ApiError {
+    fn from(e: CyclesError) -> Self {
+        let message = e.to_string();
+        match e {
+            CyclesError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+            }
+            CyclesError::NotFound(_) => Self::not_found(message),
+            CyclesError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
+            CyclesError::Config(issues) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message).with_detail(
+                    "errors",
+                    serde_json::to_value(&issues.0).unwrap_or_default(),
+                )
+            }
+            CyclesError::Queue(q) => q.into(),
+            CyclesError::Io(_) => Self::internal(message),
+            CyclesError::Store(s) => s.into(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod admin;
 mod api;
 mod budgets;
+mod cycles;
 pub mod error;
 mod hooks;
 pub mod middleware;
@@ -95,6 +96,29 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/api/v1/circuits/{name}/reset", R(Operator), post(tasks::circuit_reset)),
         route(Method::GET, "/api/v1/budgets", R(Viewer), get(budgets::list)),
         route(Method::PUT, "/api/v1/budgets/{provider}", R(Operator), put(budgets::set)),
+        route(Method::GET, "/api/v1/profiles", R(Viewer), get(cycles::profiles_list)),
+        route(Method::GET, "/api/v1/run-profiles", R(Viewer), get(cycles::run_profiles_list)),
+        route(Method::GET, "/api/v1/schemas/{name}", R(Viewer), get(cycles::schema_get)),
+        route(Method::POST, "/api/v1/config/reload", R(Operator), post(cycles::config_reload)),
+        route(Method::POST, "/api/v1/cycles/trigger", R(Service), post(cycles::cycles_trigger)),
+        route(Method::POST, "/api/v1/run-profiles/trigger", R(Service), post(cycles::run_profiles_trigger)),
+        route(Method::GET, "/api/v1/cycles/recent", R(Viewer), get(cycles::cycles_recent)),
+        route(Method::GET, "/api/v1/cycles/{id}", R(Viewer), get(cycles::cycles_get)),
+        route(Method::GET, "/api/v1/execution-records", R(Viewer), get(cycles::execution_records)),
+        route(Method::GET, "/api/v1/value-ledger", R(Viewer), get(cycles::value_ledger)),
+        route(Method::GET, "/api/v1/telemetry", R(Viewer), get(cycles::telemetry)),
+        route(Method::GET, "/api/v1/telemetry/replay", R(Viewer), get(cycles::telemetry_replay)),
+        route(Method::POST, "/api/v1/profiles/{id}/signals", R(Operator), post(cycles::signals_create)),
+        route(Method::GET, "/api/v1/profiles/{id}/signals", R(Viewer), get(cycles::signals_list)),
+        route(Method::POST, "/api/v1/profiles/{id}/strategy-proposals", R(Operator), post(cycles::proposals_create)),
+        route(Method::GET, "/api/v1/strategy-proposals", R(Viewer), get(cycles::proposals_list)),
+        route(Method::POST, "/api/v1/strategy-proposals/{id}/approve", R(Operator), post(cycles::proposal_approve)),
+        route(Method::POST, "/api/v1/strategy-proposals/{id}/reject", R(Operator), post(cycles::proposal_reject)),
+        route(Method::GET, "/api/v1/governance", R(Viewer), get(cycles::governance_get)),
+        route(Method::POST, "/api/v1/governance/pause", R(Operator), post(cycles::governance_pause)),
+        route(Method::POST, "/api/v1/governance/resume", R(Operator), post(cycles::governance_resume)),
+        route(Method::POST, "/api/v1/governance/namespaces/{ns}/halt", R(Operator), post(cycles::namespace_halt)),
+        route(Method::POST, "/api/v1/governance/namespaces/{ns}/resume", R(Operator), post(cycles::namespace_resume)),
         route(Method::POST, "/hooks/{source}", Public, post(hooks::receive)),
         route(Method::GET, "/api/v1/inbox/sources", R(Viewer), get(hooks::sources)),
         route(Method::GET, "/api/v1/inbox/rejections", R(Operator), get(hooks::rejections)),
@@ -126,6 +150,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
         route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
         route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),
+        route(Method::GET, "/admin/{*rest}", S(Viewer), get(admin::not_found)),
     ]
 }
 

@@ -83,6 +83,24 @@ pub struct NewTask {
     pub timeout_s: Option<u64>,
 }
 
+/// An HTTP target given by the caller instead of a configured handler (cycle dispatch
+/// endpoints); it is snapshotted into the task like any handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// Target URL.
+    pub url: String,
+    /// Method.
+    pub method: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Standard Webhooks signing secret.
+    pub signing_secret: Option<String>,
+    /// Time allowed per attempt, in seconds.
+    pub timeout_seconds: u64,
+    /// Requests in flight to the host at once.
+    pub target_concurrency: u32,
+}
+
 /// What `enqueue` did.
 #[derive(Debug, Clone)]
 pub struct Enqueued {
@@ -338,6 +356,33 @@ impl Queue {
     /// Enqueues a task durably; the same idempotency key within its retention window returns
     /// the existing task instead, even under concurrent submits.
     pub async fn enqueue(&self, actor: &str, new: NewTask) -> Result<Enqueued, QueueError> {
+        let task = self.build(actor, &new, Uuid::now_v7(), None)?;
+        let now = task.created_at;
+        let retention_ms = self.config.queue.idempotency_retention_seconds as i64 * 1000;
+        let max_depth = self.config.queue.max_depth;
+        let audit = Arc::clone(&self.audit);
+        let actor = actor.to_string();
+        let result = self
+            .store
+            .write(move |tx| {
+                insert_enqueued(tx, &task, now, retention_ms, max_depth, &audit, &actor)
+            })
+            .await?;
+        if result.created {
+            self.wake.notify_one();
+        }
+        Ok(result)
+    }
+
+    /// Validates `new` and builds its task with `id`, snapshotting the handler of its type, or
+    /// `http` when given (then the type needs no configured handler).
+    fn build(
+        &self,
+        actor: &str,
+        new: &NewTask,
+        id: Uuid,
+        http: Option<&HttpTarget>,
+    ) -> Result<Task, QueueError> {
         if let Some(key) = &new.idempotency_key
             && (key.is_empty() || key.len() > 256)
         {
@@ -358,7 +403,21 @@ impl Queue {
                 "timeout_s: must be between 1 and 86400, got {t}"
             )));
         }
-        let (handler, target, handler_timeout, handler_attempts) = self.snapshot(&new.task_type)?;
+        let (handler, target, handler_timeout, handler_attempts) = match http {
+            Some(h) => (
+                HandlerSnapshot::Http {
+                    url: h.url.clone(),
+                    method: h.method.clone(),
+                    token: h.token.clone(),
+                    signing_secret: h.signing_secret.clone(),
+                    target_concurrency: h.target_concurrency,
+                },
+                format!("http:{}", url_host(&h.url)),
+                h.timeout_seconds,
+                None,
+            ),
+            None => self.snapshot(&new.task_type)?,
+        };
         let timeout_s = new.timeout_s.unwrap_or(handler_timeout);
         if timeout_s >= self.config.queue.lease_seconds {
             return Err(QueueError::Invalid(format!(
@@ -367,8 +426,8 @@ impl Queue {
             )));
         }
         let now = self.clock.now_ms();
-        let task = Task {
-            id: Uuid::now_v7(),
+        Ok(Task {
+            id,
             task_type: new.task_type.clone(),
             payload: new.payload.to_string(),
             priority: new.priority.unwrap_or(DEFAULT_PRIORITY),
@@ -391,55 +450,53 @@ impl Queue {
             lease: None,
             result: None,
             cancel_requested: false,
-        };
-        let retention_ms = self.config.queue.idempotency_retention_seconds as i64 * 1000;
-        let max_depth = self.config.queue.max_depth;
-        let audit = Arc::clone(&self.audit);
-        let actor = actor.to_string();
-        let result = self
-            .store
-            .write(move |tx| -> Result<Enqueued, QueueError> {
-                if let Some(key) = &task.idempotency_key
-                    && let Some(existing) = idempotent_task(tx, key, now)?
-                {
-                    return Ok(Enqueued {
-                        task: existing,
-                        created: false,
-                    });
-                }
-                let depth = waiting_depth(tx)?;
-                if depth >= max_depth {
-                    return Err(QueueError::Full {
-                        depth,
-                        max: max_depth,
-                    });
-                }
-                if let Some(key) = &task.idempotency_key {
-                    let expires = now + retention_ms;
-                    tx.open_table(IDEMPOTENCY_KEYS)?
-                        .insert(key.as_str(), (task.id.as_u128(), expires))?;
-                    tx.open_table(IDEMPOTENCY_EXPIRY)?
-                        .insert((expires, key.as_str()), ())?;
-                }
-                insert_new(tx, &task, now)?;
-                audit.append(
-                    tx,
-                    now,
-                    &Event::new(actor.clone(), "task.enqueue", task.id.to_string()).with_detail(
-                        serde_json::json!({"type": task.task_type, "priority": task.priority,
-                            "idempotency_key": task.idempotency_key}),
-                    ),
-                )?;
-                Ok(Enqueued {
-                    task: task.clone(),
-                    created: true,
-                })
-            })
-            .await?;
-        if result.created {
-            self.wake.notify_one();
+        })
+    }
+
+    /// Builds a task for [`Queue::insert_prepared`] with an id the caller derived (so that the
+    /// caller's retries name the same task, and its `webhook-id` is stable), and optionally an
+    /// HTTP target snapshotted now instead of a configured handler. Validation and the handler
+    /// snapshot happen here, outside any transaction.
+    pub fn prepare(
+        &self,
+        actor: &str,
+        id: Uuid,
+        new: &NewTask,
+        http: Option<&HttpTarget>,
+    ) -> Result<Task, QueueError> {
+        self.build(actor, new, id, http)
+    }
+
+    /// Enqueues a prepared task inside the caller's write transaction (so it commits with the
+    /// caller's own records). A task with the same id, or the same idempotency key within its
+    /// window, is returned instead of a new one. Call [`Queue::notify`] after the commit.
+    pub fn insert_prepared(
+        &self,
+        tx: &WriteTransaction,
+        task: &Task,
+    ) -> Result<Enqueued, QueueError> {
+        if let Some(existing) = load(tx, task.id)? {
+            return Ok(Enqueued {
+                task: existing,
+                created: false,
+            });
         }
-        Ok(result)
+        let retention_ms = self.config.queue.idempotency_retention_seconds as i64 * 1000;
+        insert_enqueued(
+            tx,
+            task,
+            task.created_at,
+            retention_ms,
+            self.config.queue.max_depth,
+            &self.audit,
+            &task.created_by,
+        )
+    }
+
+    /// Tells the dispatcher that work may be waiting (after committing
+    /// [`Queue::insert_prepared`] tasks).
+    pub fn notify(&self) {
+        self.wake.notify_one();
     }
 
     /// One task.
@@ -802,6 +859,54 @@ impl Queue {
             })
             .await
     }
+}
+
+/// Inserts a new task with its idempotency key, indexes and audit entry, unless its key names a
+/// live task (then that one is returned).
+fn insert_enqueued(
+    tx: &WriteTransaction,
+    task: &Task,
+    now: Millis,
+    retention_ms: i64,
+    max_depth: u64,
+    audit: &Audit,
+    actor: &str,
+) -> Result<Enqueued, QueueError> {
+    if let Some(key) = &task.idempotency_key
+        && let Some(existing) = idempotent_task(tx, key, now)?
+    {
+        return Ok(Enqueued {
+            task: existing,
+            created: false,
+        });
+    }
+    let depth = waiting_depth(tx)?;
+    if depth >= max_depth {
+        return Err(QueueError::Full {
+            depth,
+            max: max_depth,
+        });
+    }
+    if let Some(key) = &task.idempotency_key {
+        let expires = now + retention_ms;
+        tx.open_table(IDEMPOTENCY_KEYS)?
+            .insert(key.as_str(), (task.id.as_u128(), expires))?;
+        tx.open_table(IDEMPOTENCY_EXPIRY)?
+            .insert((expires, key.as_str()), ())?;
+    }
+    insert_new(tx, task, now)?;
+    audit.append(
+        tx,
+        now,
+        &Event::new(actor, "task.enqueue", task.id.to_string()).with_detail(
+            serde_json::json!({"type": task.task_type, "priority": task.priority,
+                "idempotency_key": task.idempotency_key}),
+        ),
+    )?;
+    Ok(Enqueued {
+        task: task.clone(),
+        created: true,
+    })
 }
 
 /// The host of an http(s) URL, for circuit and concurrency targets.

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::CommitObserver;
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 5;
+pub const SCHEMA_VERSION: u64 = 6;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -310,6 +310,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_inbox_tables,
     create_llm_and_workflow_tables,
     create_admin_session_tables,
+    create_cycles_tables,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -351,6 +352,26 @@ fn create_llm_and_workflow_tables(tx: &WriteTransaction) -> Result<(), StoreErro
 
 fn create_admin_session_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::ADMIN_SESSIONS)?;
+    Ok(())
+}
+
+fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::CYCLE_RUNS)?;
+    tx.open_table(tables::CYCLES_ACTIVE)?;
+    tx.open_table(tables::CYCLE_CHECKPOINTS)?;
+    tx.open_table(tables::CYCLE_INITIATIONS)?;
+    tx.open_table(tables::CYCLE_SLOTS)?;
+    tx.open_table(tables::CYCLE_ITEMS)?;
+    tx.open_table(tables::CYCLE_DISPATCHES)?;
+    tx.open_table(tables::CYCLE_SCHEDULES)?;
+    tx.open_table(tables::EXECUTION_RECORDS)?;
+    tx.open_table(tables::EXECUTION_RECORDS_BY_CYCLE)?;
+    tx.open_table(tables::VALUE_LEDGER)?;
+    tx.open_table(tables::TELEMETRY)?;
+    tx.open_table(tables::SIGNALS)?;
+    tx.open_table(tables::PROPOSALS)?;
+    tx.open_table(tables::GOVERNANCE)?;
+    tx.open_table(tables::PROFILE_VERSIONS)?;
     Ok(())
 }
 

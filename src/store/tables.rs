@@ -96,3 +96,59 @@ pub const WORKFLOW_STEPS: TableDefinition<(u128, u32), &[u8]> =
 
 /// Dashboard sign-in sessions: blake3 hash of the session token (32 bytes) → session record.
 pub const ADMIN_SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("admin_sessions_v1");
+
+/// Cycle runs: cycle id (UUIDv7 as `u128`) → cycle run record.
+pub const CYCLE_RUNS: TableDefinition<u128, &[u8]> = TableDefinition::new("cycle_runs_v1");
+
+/// Unfinished cycles (resumed at start): cycle id → ().
+pub const CYCLES_ACTIVE: TableDefinition<u128, ()> = TableDefinition::new("cycles_active_v1");
+
+/// Append-only cycle checkpoints: (cycle id, sequence) → checkpoint record.
+pub const CYCLE_CHECKPOINTS: TableDefinition<(u128, u32), &[u8]> =
+    TableDefinition::new("cycle_checkpoints_v1");
+
+/// Initiations by hash, unique per run profile: (run profile key, initiation hash hex) → cycle
+/// id. Raw cycles use the key `raw:<namespace>`.
+pub const CYCLE_INITIATIONS: TableDefinition<(&str, &str), u128> =
+    TableDefinition::new("cycle_initiations_v1");
+
+/// Schedule slots run, per run profile: (run profile key, slot) → cycle id.
+pub const CYCLE_SLOTS: TableDefinition<(&str, &str), u128> = TableDefinition::new("cycle_slots_v1");
+
+/// Normalized output items, idempotent by (cycle id, index) → item (JSON).
+pub const CYCLE_ITEMS: TableDefinition<(u128, u32), &str> = TableDefinition::new("cycle_items_v1");
+
+/// Dispatches of cycles: (cycle id, endpoint key) → dispatch record.
+pub const CYCLE_DISPATCHES: TableDefinition<(u128, &str), &[u8]> =
+    TableDefinition::new("cycle_dispatches_v1");
+
+/// The last slot each cycle schedule fired (or its baseline): schedule name → epoch ms.
+pub const CYCLE_SCHEDULES: TableDefinition<&str, i64> = TableDefinition::new("cycle_schedules_v1");
+
+/// Append-only execution records: (time ms, record id) → execution record.
+pub const EXECUTION_RECORDS: TableDefinition<(i64, u128), &[u8]> =
+    TableDefinition::new("execution_records_v1");
+
+/// Execution records by cycle: (cycle id, time ms, record id) → ().
+pub const EXECUTION_RECORDS_BY_CYCLE: TableDefinition<(u128, i64, u128), ()> =
+    TableDefinition::new("execution_records_by_cycle_v1");
+
+/// Append-only value ledger: (time ms, entry id) → ledger entry.
+pub const VALUE_LEDGER: TableDefinition<(i64, u128), &[u8]> =
+    TableDefinition::new("value_ledger_v1");
+
+/// The telemetry bus: (time ms, event id) → telemetry event.
+pub const TELEMETRY: TableDefinition<(i64, u128), &[u8]> = TableDefinition::new("telemetry_v1");
+
+/// Advisory signals: signal id → signal record.
+pub const SIGNALS: TableDefinition<u128, &[u8]> = TableDefinition::new("signals_v1");
+
+/// Strategy proposals: proposal id → proposal record.
+pub const PROPOSALS: TableDefinition<u128, &[u8]> = TableDefinition::new("proposals_v1");
+
+/// Governance flags: `global` or `ns:<namespace>` → flag record.
+pub const GOVERNANCE: TableDefinition<&str, &[u8]> = TableDefinition::new("governance_v1");
+
+/// Current profile versions: profile id → version record.
+pub const PROFILE_VERSIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("profile_versions_v1");

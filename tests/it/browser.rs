@@ -190,10 +190,20 @@ impl Browser {
             .to_string()
     }
 
+    /// Clicks an element that loads another page, and waits for that page.
     fn click(&self, css: &str) {
         let id = self.find(css);
+        self.script("window.__before_click = true", json!([]));
         self.call("POST", &format!("/element/{id}/click"), Some(json!({})));
-        self.wait_ready();
+        poll_until(&format!("the page after clicking {css}"), || {
+            let v = self.script(
+                "return [window.__before_click === true, document.readyState]",
+                json!([]),
+            );
+            (v[0] == false && v[1] == "complete")
+                .then_some(())
+                .ok_or_else(|| v.to_string())
+        });
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -405,6 +415,13 @@ fn the_dashboard_works_in_headless_chromium() {
             json!([]),
         );
         assert_eq!(styled, "sticky", "{path}: the stylesheet is not applied");
+        // Every form control has a label a screen reader announces.
+        let unlabelled = b.script(
+            "return Array.from(document.querySelectorAll('input:not([type=hidden]), select, textarea'))\
+             .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.outerHTML)",
+            json!([]),
+        );
+        assert_eq!(unlabelled, json!([]), "{path}: controls without a label");
         b.assert_clean_console(path);
         b.shot(name);
     }

@@ -178,20 +178,29 @@ fn unwritable_data_dir_fails() {
     let (dir, data) = healthy_data_dir();
     let config = write_config(dir.path(), &data, "127.0.0.1:0");
     let mut cmd = keel_cmd();
-    cmd.args(["doctor", "--json", "--config", config.to_str().unwrap()]);
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if root {
         // Permissions do not stop root: run doctor as `nobody`, for whom the (root-owned,
-        // 0755) data dir is readable but not writable.
-        for path in [dir.path(), &data, &config] {
-            let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        // 0755) data dir is readable but not writable. The binary is copied next to it, since
+        // the checkout's directories may be closed to other users.
+        let binary = dir.path().join("keel");
+        std::fs::copy(env!("CARGO_BIN_EXE_keel"), &binary).unwrap();
+        for path in [dir.path(), &data, &config, &binary] {
+            let mode = if path.is_dir() || *path == binary {
+                0o755
+            } else {
+                0o644
+            };
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
+        cmd = std::process::Command::new(&binary);
+        cmd.env_clear().env("PATH", "/usr/bin:/bin");
         cmd.uid(65534).gid(65534);
     } else {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
     }
+    cmd.args(["doctor", "--json", "--config", config.to_str().unwrap()]);
     let output = cmd.output().expect("run keel doctor");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = CmdOutput {

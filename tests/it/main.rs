@@ -6,6 +6,8 @@ mod api;
 mod browser;
 mod cli;
 mod crash;
+mod cycles;
+mod cycles_crash;
 mod doctor;
 mod inbox;
 mod llm;

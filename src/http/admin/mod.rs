@@ -9,6 +9,7 @@
 
 pub mod assets;
 pub mod audit;
+pub mod bench;
 pub mod budgets;
 pub mod charts;
 pub mod circuits;
@@ -176,6 +177,21 @@ struct ErrorPage {
     reason: &'static str,
     code: &'static str,
     message: String,
+}
+
+/// `GET /admin/…` that is no page: the dashboard's 404 (a trailing slash goes to the page).
+pub async fn not_found(uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let trimmed = path.trim_end_matches('/');
+    if trimmed != path && trimmed.starts_with("/admin") && !trimmed.contains("//") {
+        return axum::response::Redirect::to(trimmed).into_response();
+    }
+    AdminError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("there is no dashboard page at {path}"),
+    )
+    .into_response()
 }
 
 /// Renders a template; a template that fails to render is an internal error.

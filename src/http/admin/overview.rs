@@ -220,7 +220,12 @@ pub async fn collect(
             id: "budget",
             label: "Budget left today".into(),
             value: usd(remaining),
-            hint: format!("of {} over {} providers", usd(total), budgets.len()),
+            hint: format!(
+                "of {} over {} provider{}",
+                usd(total),
+                budgets.len(),
+                if budgets.len() == 1 { "" } else { "s" }
+            ),
             tone: if remaining == 0 { "bad" } else { "" },
         });
     }

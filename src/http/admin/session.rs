@@ -327,8 +327,15 @@ async fn resolve(
         return Ok(Err(Ended::Missing));
     };
     let hash = hash_token(token);
-    let Some(record) = load(app, hash).await? else {
-        return Ok(Err(Ended::Missing));
+    let record = match load(app, hash).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(Err(Ended::Missing)),
+        // An unreadable session is no session (the next sign-in prunes it).
+        Err(e @ StoreError::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "unreadable dashboard session");
+            return Ok(Err(Ended::Missing));
+        }
+        Err(e) => return Err(e),
     };
     let now = app.clock.now_ms();
     let ended = if record.expired(now) {
@@ -385,7 +392,9 @@ async fn presented_csrf(req: Request, limit: usize) -> Result<(Option<String>, R
     Ok((token, Request::from_parts(parts, Body::from(bytes))))
 }
 
-/// Refuses a write sent from another site (when the browser says so).
+/// Refuses a write sent from another site, when the browser says so: `Sec-Fetch-Site`, or an
+/// `Origin` whose host is neither `Host` nor (behind a proxy that rewrites it)
+/// `X-Forwarded-Host`. The CSRF token is the real check; this is a second one.
 fn cross_site(headers: &HeaderMap) -> bool {
     let fetch_site = headers
         .get("sec-fetch-site")
@@ -394,12 +403,15 @@ fn cross_site(headers: &HeaderMap) -> bool {
     if fetch_site == "cross-site" || fetch_site == "same-site" {
         return true;
     }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match header("origin") {
         None | Some("null") => false,
         Some(origin) => {
-            let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-            host.is_none_or(|h| !h.eq_ignore_ascii_case(origin_host))
+            let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+            ![header("host"), header("x-forwarded-host")]
+                .into_iter()
+                .flatten()
+                .any(|h| h.eq_ignore_ascii_case(origin_host))
         }
     }
 }
@@ -707,6 +719,33 @@ mod tests {
         );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "keel"), None);
+    }
+
+    #[test]
+    fn writes_from_other_sites_are_recognised() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_static(v));
+            }
+            m
+        };
+        assert!(!cross_site(&h(&[("host", "keel.local:8080")])));
+        assert!(!cross_site(&h(&[
+            ("host", "keel.local:8080"),
+            ("origin", "http://keel.local:8080")
+        ])));
+        assert!(cross_site(&h(&[
+            ("host", "keel.local:8080"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!cross_site(&h(&[
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "keel.example.com"),
+            ("origin", "https://keel.example.com")
+        ])));
+        assert!(cross_site(&h(&[("sec-fetch-site", "cross-site")])));
+        assert!(!cross_site(&h(&[("sec-fetch-site", "same-origin")])));
     }
 
     #[test]
