@@ -294,8 +294,12 @@ fn dead_letter(app: &TestApp) -> String {
 fn pages(task_id: &str) -> Vec<(String, Role)> {
     routes()
         .into_iter()
+        // A cycle's page needs a cycle: `cycles_page_shows_state_and_operator_actions` opens it.
         .filter(|s| {
-            s.method == "GET" && !s.path.starts_with("/admin/live") && !s.path.contains("{*rest}")
+            s.method == "GET"
+                && !s.path.starts_with("/admin/live")
+                && !s.path.contains("{*rest}")
+                && s.path != "/admin/cycles/{id}"
         })
         .filter_map(|s| match s.access {
             Access::Session(role) => Some((s.path.replace("{id}", task_id), role)),
@@ -596,7 +600,7 @@ fn every_page_renders_for_its_role_and_is_refused_below() {
     let task = dead_letter(&app);
     let clients = clients(&app);
     let table = pages(&task);
-    assert_eq!(table.len(), 9, "{table:?}");
+    assert_eq!(table.len(), 10, "{table:?}");
     for (path, needed) in &table {
         for (role, _, c) in &clients {
             let r = c.get(path);
@@ -698,6 +702,7 @@ fn pages_show_only_the_actions_of_the_role() {
         "/admin/tasks",
         "/admin/dlq",
         "/admin/circuits",
+        "/admin/cycles",
         "/admin/budgets",
         "/admin/audit",
     ] {
@@ -771,6 +776,7 @@ fn every_form_post_needs_the_session_csrf_token() {
                 )
                 .replace("{name}", "nothing")
                 .replace("{provider}", "acme")
+                .replace("{ns}", "nothing")
         })
         .collect();
     assert!(posts.len() >= 10, "{posts:?}");
@@ -927,7 +933,7 @@ fn no_secret_reaches_any_page() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 11);
+    assert_eq!(seen, 12);
     let settings = admin.get("/admin/settings").body;
     assert!(
         settings.contains("***") && settings.contains("[handlers.hook]"),
@@ -1383,4 +1389,200 @@ fn assets_have_types_etags_and_long_cache_for_hashed_names() {
     assert_eq!(old.header("cache-control"), Some("no-cache"));
     assert_eq!(c.get("/admin/assets/nope.css").status, 404);
     assert_eq!(c.get("/admin/assets/..%2FCargo.toml").status, 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cycles
+
+/// The cycles page shows recent cycles, profiles and run profiles with their state and the
+/// governance state to a viewer without any form; an operator gets the trigger, pause and halt
+/// forms; a form without the CSRF token changes nothing; an operator's trigger starts a cycle
+/// (audited with the signed-in key) whose page shows its stage timeline; pause, halt and their
+/// resumes show up on the page.
+#[test]
+fn cycles_page_shows_state_and_operator_actions() {
+    let profiles = tempfile::tempdir().unwrap();
+    crate::cycles::write_profiles(
+        profiles.path(),
+        &json!([{"profile_id": "p1", "label": "Profile one", "state": "enabled",
+                 "execution_rules": {}}]),
+        &json!([{"run_profile_id": "r1", "profile_id": "p1", "state": "enabled",
+                 "namespace": "green"},
+                {"run_profile_id": "r2", "profile_id": "p1", "state": "disabled",
+                 "namespace": "green"}]),
+    );
+    let dir = profiles.path().to_path_buf();
+    let app = TestApp::start_with(move |c: &mut Config| {
+        c.cycles.profiles_dir = dir;
+        c.cycles.schedule = String::new();
+    });
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    let operator_key = app.create_key("operator");
+    let operator_id = key_id_of(&operator_key);
+    let op = Client::sign_in(&app.base, &operator_key);
+    let posts_on = |body: &str| -> Vec<String> {
+        body.match_indices("<form method=\"post\" action=\"")
+            .map(|(at, m)| {
+                let rest = &body[at + m.len()..];
+                rest[..rest.find('"').unwrap()].to_string()
+            })
+            .filter(|a| a != "/admin/logout")
+            .collect()
+    };
+
+    // A viewer sees the page, the state and no form.
+    let r = viewer.get("/admin/cycles");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_no_inline_code("/admin/cycles", &r.body);
+    assert!(
+        r.body
+            .contains("href=\"/admin/cycles\" aria-current=\"page\"")
+    );
+    for text in [
+        "Profile one",
+        "r1",
+        "r2",
+        "enabled",
+        "disabled",
+        "No cycle has run yet.",
+    ] {
+        assert!(r.body.contains(text), "{text}: {}", r.body);
+    }
+    assert!(r.body.contains("id=\"governance-state\">running<"));
+    assert_eq!(posts_on(&r.body), Vec::<String>::new());
+
+    // An operator gets the forms.
+    let forms = posts_on(&op.get("/admin/cycles").body);
+    for f in [
+        "/admin/cycles/trigger",
+        "/admin/cycles/run-profiles/trigger",
+        "/admin/cycles/pause",
+        "/admin/cycles/halt",
+    ] {
+        assert!(forms.contains(&f.to_string()), "{f}: {forms:?}");
+    }
+
+    // Without the token: 403, nothing written, nothing paused or started.
+    let before = app.audit_seq();
+    for path in ["/admin/cycles/trigger", "/admin/cycles/pause"] {
+        let r = op.post_form(path, &[("namespace", "blue")]);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    assert_eq!(app.audit_seq(), before);
+    let g = app.admin_get("/api/v1/governance").json();
+    assert_eq!(g["governance"]["paused"], false);
+    let recent = app.admin_get("/api/v1/cycles/recent").json();
+    assert_eq!(recent["cycles"].as_array().unwrap().len(), 0);
+
+    // A viewer is refused by the server, too.
+    let r = viewer.post("/admin/cycles/trigger", &[("namespace", "blue")]);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(app.audit_seq(), before);
+
+    // The operator triggers a cycle in `blue`: audited with the operator's key, on its page.
+    let r = op.post("/admin/cycles/trigger", &[("namespace", "blue")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let loc = r.header("location").unwrap().to_string();
+    assert!(
+        loc.starts_with("/admin/cycles/") && loc.ends_with("?msg=cycle_started"),
+        "{loc}"
+    );
+    let cycle = loc["/admin/cycles/".len()..loc.find('?').unwrap()].to_string();
+    let e = audit_entries(&app).pop().unwrap();
+    assert_eq!(e["actor"], operator_id.as_str(), "{e}");
+    let recent = app.admin_get("/api/v1/cycles/recent").json();
+    assert_eq!(recent["cycles"][0]["id"], cycle.as_str());
+    assert_eq!(recent["cycles"][0]["namespace"], "blue");
+    let page = op.get(&loc);
+    assert!(page.body.contains("Cycle started."), "{}", page.body);
+    let detail = poll_until("the cycle's timeline", || {
+        let r = viewer.get(&format!("/admin/cycles/{cycle}"));
+        if r.status == 200 && r.body.contains("cycle_started") {
+            Ok(r)
+        } else {
+            Err(format!("{} {}", r.status, r.body.len()))
+        }
+    });
+    assert_no_inline_code("/admin/cycles/{id}", &detail.body);
+    assert!(detail.body.contains("Stage timeline") && detail.body.contains("Dispatches"));
+    assert!(detail.body.contains(&cycle) && detail.body.contains("blue"));
+    assert_eq!(posts_on(&detail.body), Vec::<String>::new());
+    let list = viewer.get("/admin/cycles").body;
+    assert!(
+        list.contains(&format!("href=\"/admin/cycles/{cycle}\"")),
+        "{list}"
+    );
+
+    // A cycle that does not exist, and an id that is none.
+    let r = viewer.get(&format!("/admin/cycles/{}", uuid::Uuid::now_v7()));
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(is_html(&r));
+    assert_eq!(viewer.get("/admin/cycles/nope").status, 400);
+
+    // Run profiles: one cycle for the enabled one.
+    let r = op.post("/admin/cycles/run-profiles/trigger", &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let recent = app.admin_get("/api/v1/cycles/recent").json();
+    let cycles = recent["cycles"].as_array().unwrap();
+    assert!(
+        cycles.iter().any(|c| c["run_profile_id"] == "r1"),
+        "{recent}"
+    );
+    assert!(
+        !cycles.iter().any(|c| c["run_profile_id"] == "r2"),
+        "{recent}"
+    );
+    assert_eq!(
+        audit_entries(&app).pop().unwrap()["actor"],
+        operator_id.as_str()
+    );
+
+    // Pause and resume.
+    let r = op.post("/admin/cycles/pause", &[("reason", "maintenance")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        audit_entries(&app).pop().unwrap()["actor"],
+        operator_id.as_str()
+    );
+    let body = op.get("/admin/cycles").body;
+    assert!(body.contains("id=\"governance-state\">paused<") && body.contains("maintenance"));
+    assert!(posts_on(&body).contains(&"/admin/cycles/resume".to_string()));
+    assert!(
+        viewer
+            .get("/admin/cycles")
+            .body
+            .contains("id=\"governance-state\">paused<")
+    );
+    assert_eq!(op.post("/admin/cycles/resume", &[]).status, 303);
+    assert_eq!(
+        app.admin_get("/api/v1/governance").json()["governance"]["paused"],
+        false
+    );
+
+    // Halt and resume a namespace.
+    let r = op.post(
+        "/admin/cycles/halt",
+        &[("namespace", "green"), ("reason", "incident")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        audit_entries(&app).pop().unwrap()["actor"],
+        operator_id.as_str()
+    );
+    let body = op.get("/admin/cycles").body;
+    assert!(
+        body.contains("incident") && body.contains("badge halted"),
+        "{body}"
+    );
+    assert!(posts_on(&body).contains(&"/admin/cycles/namespaces/green/resume".to_string()));
+    let g = app.admin_get("/api/v1/governance").json();
+    assert_eq!(g["governance"]["halted_namespaces"], json!(["green"]));
+    let r = op.post("/admin/cycles/halt", &[("namespace", "not valid!")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        op.post("/admin/cycles/namespaces/green/resume", &[]).status,
+        303
+    );
+    let g = app.admin_get("/api/v1/governance").json();
+    assert_eq!(g["governance"]["halted_namespaces"], json!([]));
 }

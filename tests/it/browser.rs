@@ -369,6 +369,15 @@ fn the_dashboard_works_in_headless_chromium() {
         });
     }
 
+    // And a cycle, for the cycles pages.
+    let r = app.post_json(
+        "/api/v1/cycles/trigger",
+        Some(&app.admin_key),
+        &json!({"namespace": "browser"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let cycle = r.json()["cycle_run_id"].as_str().unwrap().to_string();
+
     let shots = screenshots_dir();
     let b = Browser::start(shots.clone());
     let started = Instant::now();
@@ -401,6 +410,8 @@ fn the_dashboard_works_in_headless_chromium() {
         ("08-audit", "/admin/audit".to_string(), "Audit log"),
         ("09-keys", "/admin/keys".to_string(), "API keys"),
         ("10-settings", "/admin/settings".to_string(), "Settings"),
+        ("10a-cycles", "/admin/cycles".to_string(), "Cycles"),
+        ("10b-cycle", format!("/admin/cycles/{cycle}"), "Cycle"),
     ];
     for (name, path, heading) in &pages {
         b.goto(&format!("{}{path}", app.base));

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod budgets;
 pub mod charts;
 pub mod circuits;
+pub mod cycles;
 pub mod dlq;
 pub mod keys;
 pub mod overview;
@@ -144,6 +145,7 @@ via_api_error!(
     crate::store::StoreError,
     crate::exec::circuit::CircuitError,
     crate::budget::BudgetError,
+    crate::cycles::CyclesError,
     QueryRejection,
     PathRejection
 );
@@ -259,6 +261,13 @@ fn flash_message(code: &str) -> Option<&'static str> {
         "reset" => "Circuit reset.",
         "revoked" => "Key revoked.",
         "budget_set" => "Budget changed.",
+        "cycle_started" => "Cycle started.",
+        "cycle_exists" => "That cycle already exists; nothing new was started.",
+        "run_profiles_triggered" => "Run profiles triggered.",
+        "paused" => "Cycles paused.",
+        "resumed" => "Cycles resumed.",
+        "halted" => "Namespace halted.",
+        "namespace_resumed" => "Namespace resumed.",
         _ => return None,
     })
 }
@@ -372,6 +381,11 @@ impl Layout {
                 href: "/admin/circuits",
                 label: "Circuits",
                 id: "circuits",
+            },
+            NavItem {
+                href: "/admin/cycles",
+                label: "Cycles",
+                id: "cycles",
             },
             NavItem {
                 href: "/admin/budgets",
