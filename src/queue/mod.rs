@@ -1435,6 +1435,10 @@ fn list_tasks(tx: &ReadTransaction, filter: &TaskFilter) -> Result<TaskPage, Que
     Ok(TaskPage { tasks, next_cursor })
 }
 
+/// Series sampled every maintenance step with the number of waiting tasks (queued + retrying),
+/// so the queue's depth has a history.
+pub const QUEUE_WAITING_SERIES: &str = "keel_queue_waiting";
+
 /// The queue's housekeeping: returns expired leases, publishes depth gauges, and hourly
 /// deletes finished tasks past retention and expired idempotency keys.
 pub struct Maintenance {
@@ -1474,6 +1478,19 @@ impl Maintenance {
         self.metrics
             .gauge("keel_dlq_size", "Tasks in the dead-letter queue.", &[])
             .set(dead as f64);
+        let waiting: u64 = counts
+            .iter()
+            .filter(|((status, _), _)| status.is_waiting())
+            .map(|(_, n)| *n)
+            .sum();
+        self.metrics
+            .histogram(
+                QUEUE_WAITING_SERIES,
+                "Waiting tasks (queued and retrying), sampled every 5 seconds.",
+                crate::metrics::Unit::Count,
+                &[],
+            )
+            .record(waiting);
         Ok(())
     }
 }

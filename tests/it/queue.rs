@@ -2081,4 +2081,7 @@ fn task_metrics_count_attempts_durations_latencies_and_depth() {
     expect(r#"keel_tasks{status="running",type="notify"}"#, 0.0);
     expect(r#"keel_tasks{status="succeeded",type="failing"}"#, 0.0);
     expect("keel_dlq_size", 1.0);
+    // The depth is also sampled into a histogram series, so it has a history for charts.
+    expect("keel_queue_waiting_count", 1.0);
+    expect(r#"keel_queue_waiting{quantile="0.5"}"#, 1.0);
 }

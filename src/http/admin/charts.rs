@@ -86,6 +86,8 @@ pub enum Group {
     Api,
     /// `keel_task_duration_seconds` of every task type.
     Tasks,
+    /// `keel_queue_waiting`: the queue's depth, sampled by its maintenance worker.
+    Depth,
 }
 
 impl Group {
@@ -100,6 +102,7 @@ impl Group {
                 series_key == "keel_task_duration_seconds"
                     || series_key.starts_with("keel_task_duration_seconds{")
             }
+            Group::Depth => series_key == crate::queue::QUEUE_WAITING_SERIES,
         }
     }
 }
@@ -604,6 +607,33 @@ pub fn latency_lines(buckets: &[Bucket]) -> Vec<Line> {
             points: pick(|s| s.p99),
         },
     ]
+}
+
+/// Median and p99 of a sampled level (e.g. queue depth) in each bucket.
+pub fn level_lines(buckets: &[Bucket]) -> Vec<Line> {
+    let pick = |f: fn(&Stats) -> u64| -> Vec<(Millis, Option<f64>)> {
+        buckets
+            .iter()
+            .map(|b| (b.start, b.stats.as_ref().map(|s| f(s) as f64)))
+            .collect()
+    };
+    vec![
+        Line {
+            label: "median",
+            class: "s1",
+            points: pick(|s| s.p50),
+        },
+        Line {
+            label: "p99",
+            class: "s3",
+            points: pick(|s| s.p99),
+        },
+    ]
+}
+
+/// A count, for chart axes.
+pub fn fmt_count(v: f64) -> String {
+    format!("{v:.0}")
 }
 
 /// Values recorded per minute in each bucket.

@@ -78,6 +78,8 @@ pub struct OverviewData {
     pub task_chart: String,
     /// Throughput chart (SVG).
     pub throughput_chart: String,
+    /// Queue depth over time (SVG).
+    pub depth_chart: String,
     /// Tasks by status (SVG).
     pub outcomes_chart: String,
     /// When this process started.
@@ -128,6 +130,7 @@ pub async fn collect(
         .collect();
     let api = charts::series(app, &state.charts, Group::Api, window).await?;
     let tasks = charts::series(app, &state.charts, Group::Tasks, window).await?;
+    let depth = charts::series(app, &state.charts, Group::Depth, window).await?;
     let minutes = window.ms() as f64 / 60_000.0;
     let budgets = app.budgets.view(1).await?;
 
@@ -270,6 +273,13 @@ pub async fn collect(
         ],
         charts::fmt_rate,
     );
+    let depth_chart = charts::line_chart(
+        "Waiting tasks (queued and retrying)",
+        from,
+        now,
+        &charts::level_lines(&depth.buckets),
+        charts::fmt_count,
+    );
     let outcomes_chart = charts::bar_chart(
         "Tasks by status",
         &Status::ALL
@@ -337,6 +347,7 @@ pub async fn collect(
         api_chart,
         task_chart,
         throughput_chart,
+        depth_chart,
         outcomes_chart,
         started_at: time(app.started_at_ms),
     })
@@ -426,6 +437,7 @@ pub async fn live(
             "api_chart": d.api_chart,
             "task_chart": d.task_chart,
             "throughput_chart": d.throughput_chart,
+            "depth_chart": d.depth_chart,
             "outcomes_chart": d.outcomes_chart,
             "by_type": by_type,
             "workers": workers,
