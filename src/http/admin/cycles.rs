@@ -274,6 +274,7 @@ pub struct CyclePage {
     duration: String,
     error: String,
     checkpoints: Vec<CheckpointRow>,
+    timings_chart: String,
     dispatches: Vec<DispatchRow>,
     records: usize,
     ledger: usize,
@@ -291,6 +292,7 @@ pub async fn detail(
     let d = app.cycles.detail(id).await?;
     let r = &d.run;
     let mut previous = r.created_at;
+    let mut timings = Vec::new();
     let checkpoints = d
         .checkpoints
         .iter()
@@ -306,10 +308,17 @@ pub async fn detail(
                     c.webhook_ids.join(", ")
                 },
             };
+            timings.push(super::charts::Bar {
+                label: c.stage.as_str().to_string(),
+                value: (c.at - previous).max(0) as f64,
+                text: millis(c.at - previous),
+                class: "ok",
+            });
             previous = c.at;
             row
         })
         .collect();
+    let timings_chart = super::charts::bar_chart("Time to reach each stage", &timings, None);
     let dispatches = d
         .dispatches
         .iter()
@@ -348,6 +357,7 @@ pub async fn detail(
         },
         error: opt(r.error.as_deref()),
         checkpoints,
+        timings_chart,
         dispatches,
         records: d.records.len(),
         ledger: d.ledger.len(),
