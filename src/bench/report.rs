@@ -396,8 +396,17 @@ pub fn markdown(records: &[Record], preamble: Option<&str>) -> String {
     let _ = writeln!(out);
     for (system, heading) in SYSTEMS.iter().copied().chain([("limit", "limit")]) {
         if let Some(list) = figures.notes.get(system) {
+            // Figures measured the same way share one line.
+            let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
             for (id, note) in list {
-                let _ = writeln!(out, "- {heading} `{id}`: {note}");
+                match grouped.iter_mut().find(|(n, _)| n == note) {
+                    Some((_, ids)) => ids.push(id),
+                    None => grouped.push((note, vec![id])),
+                }
+            }
+            for (note, ids) in grouped {
+                let ids: Vec<String> = ids.iter().map(|id| format!("`{id}`")).collect();
+                let _ = writeln!(out, "- {heading} {}: {note}", ids.join(", "));
             }
         }
     }
