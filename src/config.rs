@@ -1148,32 +1148,13 @@ impl Config {
                     "an endpoint key is 1 to 64 letters, digits, '-', '_' or '.'",
                 ));
             }
-            let url = e.url.trim();
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                return Err(invalid(
-                    &key("url"),
-                    format!("must be an http:// or https:// URL, got {url:?}"),
-                ));
-            }
-            if !["POST", "PUT", "PATCH"].contains(&e.method.as_str()) {
-                return Err(invalid(
-                    &key("method"),
-                    format!("must be POST, PUT or PATCH, got {:?}", e.method),
-                ));
-            }
-            if let Some(secret) = &e.signing_secret {
-                let ok = secret.expose().strip_prefix("whsec_").is_some_and(|b64| {
-                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
-                        .is_ok_and(|k| k.len() >= 16)
-                });
-                if !ok {
-                    return Err(invalid(
-                        &key("signing_secret"),
-                        "must be `whsec_` followed by base64 of at least 16 bytes",
-                    ));
-                }
-            }
-            between(&key("timeout_seconds"), e.timeout_seconds, 1, 3600)?;
+            check_http_target(
+                &key,
+                &e.url,
+                &e.method,
+                e.signing_secret.as_ref(),
+                e.timeout_seconds,
+            )?;
             if e.timeout_seconds >= self.queue.lease_seconds {
                 return Err(invalid(
                     &key("timeout_seconds"),
@@ -1384,34 +1365,13 @@ impl Config {
             }
             match handler {
                 HandlerConfig::Http(h) => {
-                    let url = h.url.trim();
-                    if !(url.starts_with("http://") || url.starts_with("https://"))
-                        || url.len() < 10
-                    {
-                        return Err(invalid(
-                            &key("url"),
-                            format!("must be an http:// or https:// URL, got {url:?}"),
-                        ));
-                    }
-                    if !["POST", "PUT", "PATCH"].contains(&h.method.as_str()) {
-                        return Err(invalid(
-                            &key("method"),
-                            format!("must be POST, PUT or PATCH, got {:?}", h.method),
-                        ));
-                    }
-                    if let Some(secret) = &h.signing_secret {
-                        let ok = secret.expose().strip_prefix("whsec_").is_some_and(|b64| {
-                            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
-                                .is_ok_and(|k| k.len() >= 16)
-                        });
-                        if !ok {
-                            return Err(invalid(
-                                &key("signing_secret"),
-                                "must be `whsec_` followed by base64 of at least 16 bytes",
-                            ));
-                        }
-                    }
-                    between(&key("timeout_seconds"), h.timeout_seconds, 1, 3600)?;
+                    check_http_target(
+                        &key,
+                        &h.url,
+                        &h.method,
+                        h.signing_secret.as_ref(),
+                        h.timeout_seconds,
+                    )?;
                     between(
                         &key("target_concurrency"),
                         h.target_concurrency as u64,
@@ -1625,6 +1585,43 @@ fn names_or_none<'a, S: AsRef<str> + 'a>(names: impl Iterator<Item = &'a S>) -> 
     } else {
         names.join(", ")
     }
+}
+
+/// Checks what an http handler and a dispatch endpoint share: an http(s) URL, a method that
+/// carries a body, a Standard Webhooks secret when given, and a timeout.
+fn check_http_target(
+    key: &dyn Fn(&str) -> String,
+    url: &str,
+    method: &str,
+    signing_secret: Option<&Secret>,
+    timeout_seconds: u64,
+) -> Result<(), ConfigError> {
+    let url = url.trim();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(invalid(
+            &key("url"),
+            format!("must be an http:// or https:// URL, got {url:?}"),
+        ));
+    }
+    if !["POST", "PUT", "PATCH"].contains(&method) {
+        return Err(invalid(
+            &key("method"),
+            format!("must be POST, PUT or PATCH, got {method:?}"),
+        ));
+    }
+    if let Some(secret) = signing_secret {
+        let ok = secret.expose().strip_prefix("whsec_").is_some_and(|b64| {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                .is_ok_and(|k| k.len() >= 16)
+        });
+        if !ok {
+            return Err(invalid(
+                &key("signing_secret"),
+                "must be `whsec_` followed by base64 of at least 16 bytes",
+            ));
+        }
+    }
+    between(&key("timeout_seconds"), timeout_seconds, 1, 3600)
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
