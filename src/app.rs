@@ -13,6 +13,7 @@ use crate::budget::{BudgetGauges, Budgets};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::cycles::{CycleWorker, Cycles, CyclesError, TelemetryRetention};
+use crate::events::EventBus;
 use crate::exec::circuit::Circuits;
 use crate::exec::{DispatchWorker, Dispatcher};
 use crate::inbox::{Inbox, InboxPrune};
@@ -79,6 +80,8 @@ pub struct Core {
     pub auth: Arc<Auth>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// The after-commit event bus.
+    pub events: Arc<EventBus>,
     /// The task queue.
     pub queue: Arc<Queue>,
     /// Circuit breakers of task targets.
@@ -99,6 +102,7 @@ impl Core {
             source,
         })?;
         let metrics = Arc::new(Metrics::new(VERSION));
+        let events = Arc::new(EventBus::new(crate::events::DEFAULT_CAPACITY, &metrics));
         let commit_time = metrics.histogram(
             "keel_store_commit_duration_seconds",
             "Time to commit one group of writes durably.",
@@ -171,6 +175,7 @@ impl Core {
             audit,
             auth,
             metrics,
+            events,
             queue,
             circuits,
             inbox,

@@ -19,7 +19,7 @@ use crate::clock::Millis;
 use crate::fsutil;
 use crate::store::StoreError;
 use crate::store::codec::{self, Record};
-use crate::store::tables::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
+use crate::store::tables::audit::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
 
 /// File name of the checkpoint signing key inside the data dir.
 pub const SIGNING_KEY_FILE: &str = "audit-signing.key";

@@ -19,7 +19,7 @@ use crate::audit::{self, Audit, Event};
 use crate::clock::{Millis, SharedClock};
 use crate::fsutil;
 use crate::store::codec::{self, Record};
-use crate::store::tables::API_KEYS;
+use crate::store::tables::auth::API_KEYS;
 use crate::store::{Store, StoreError};
 
 /// Prefix that makes keel keys recognisable (e.g. to secret scanners).

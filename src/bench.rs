@@ -21,7 +21,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use redb::{Database, Durability};
 
-use crate::store::tables::BENCH_RECORDS;
+use crate::store::tables::bench::BENCH_RECORDS;
 use crate::store::{Store, StoreError, StoreOptions};
 
 const PAYLOAD: [u8; 128] = [0x5a; 128];

@@ -26,7 +26,7 @@ use crate::clock::{Millis, SharedClock, to_datetime};
 use crate::config::LlmConfig;
 use crate::metrics::Metrics;
 use crate::store::codec::{self, Record};
-use crate::store::tables::{LLM_BUDGETS, LLM_LEDGER};
+use crate::store::tables::budget::{LLM_BUDGETS, LLM_LEDGER};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{StepFuture, Worker};
 

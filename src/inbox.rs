@@ -38,7 +38,7 @@ use crate::exec::http::standard_webhooks_signature;
 use crate::metrics::Metrics;
 use crate::queue::{NewTask, Queue, QueueError};
 use crate::store::codec::{self, Record};
-use crate::store::tables::{INBOX_REJECTIONS, INBOX_SEEN, INBOX_SEEN_EXPIRY};
+use crate::store::tables::inbox::{INBOX_REJECTIONS, INBOX_SEEN, INBOX_SEEN_EXPIRY};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{StepFuture, Worker};
 

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod cycles;
 pub mod doctor;
+pub mod events;
 pub mod exec;
 pub mod fsutil;
 pub mod http;

@@ -16,7 +16,7 @@ use super::profiles::{self, PROFILES_FILE, RUN_PROFILES_FILE};
 use super::{Cycles, CyclesError, append_record, conflict, emit};
 use crate::audit::Event;
 use crate::store::codec;
-use crate::store::tables::{PROPOSALS, SIGNALS, TELEMETRY};
+use crate::store::tables::cycles::{PROPOSALS, SIGNALS, TELEMETRY};
 
 /// Success and delivery rates below this are `low_performance`.
 const LOW: f64 = 0.8;

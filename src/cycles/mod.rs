@@ -34,7 +34,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::queue::{Queue, QueueError, Task};
 use crate::store::codec;
-use crate::store::tables::{
+use crate::store::tables::cycles::{
     CYCLE_CHECKPOINTS, CYCLE_DISPATCHES, CYCLE_INITIATIONS, CYCLE_RUNS, CYCLE_SCHEDULES,
     CYCLE_SLOTS, CYCLES_ACTIVE, EXECUTION_RECORDS, EXECUTION_RECORDS_BY_CYCLE, GOVERNANCE,
     PROFILE_VERSIONS, VALUE_LEDGER,

@@ -24,7 +24,7 @@ use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
 use crate::queue::{HttpTarget, NewTask, QueueError, Status, Task};
 use crate::store::codec;
-use crate::store::tables::{CYCLE_DISPATCHES, CYCLE_ITEMS, CYCLE_RUNS, CYCLES_ACTIVE};
+use crate::store::tables::cycles::{CYCLE_DISPATCHES, CYCLE_ITEMS, CYCLE_RUNS, CYCLES_ACTIVE};
 
 /// Requests in flight to one dispatch endpoint's host at once.
 const DISPATCH_TARGET_CONCURRENCY: u32 = 8;

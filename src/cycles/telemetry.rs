@@ -15,7 +15,7 @@ use super::model::TelemetryEvent;
 use super::{Cycles, CyclesError};
 use crate::clock::{Millis, rfc3339};
 use crate::store::codec;
-use crate::store::tables::TELEMETRY;
+use crate::store::tables::cycles::TELEMETRY;
 
 /// Most events deleted (and archived into one file) per transaction.
 const PRUNE_BATCH: usize = 5000;

@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::queue::Outcome;
 use crate::queue::model::CircuitRecord;
 use crate::store::codec;
-use crate::store::tables::CIRCUITS;
+use crate::store::tables::exec::CIRCUITS;
 use crate::store::{Store, StoreError};
 
 /// How long other tasks of a half-open target wait while its trial runs.

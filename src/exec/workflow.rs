@@ -42,7 +42,7 @@ use uuid::Uuid;
 use crate::clock::{Millis, SharedClock};
 use crate::queue::{HandlerSnapshot, Outcome, Queue, Task, WorkflowStep};
 use crate::store::codec::{self, Record};
-use crate::store::tables::WORKFLOW_STEPS;
+use crate::store::tables::exec::WORKFLOW_STEPS;
 use crate::store::{Store, StoreError};
 
 /// A placeholder of a payload template.

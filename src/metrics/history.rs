@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{IntervalSnapshot, Metrics};
 use crate::clock::{Millis, SharedClock};
 use crate::store::codec::{self, Record};
-use crate::store::tables::METRIC_SNAPSHOTS;
+use crate::store::tables::metrics::METRIC_SNAPSHOTS;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{StepFuture, Worker};
 

@@ -20,9 +20,10 @@ use crate::audit::{Audit, Event};
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, HandlerConfig};
 use crate::store::codec;
-use crate::store::tables::{
+use crate::store::tables::exec::WORKFLOW_STEPS;
+use crate::store::tables::queue::{
     IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_LOGS, TASKS, TASKS_BY_STATUS,
-    TASKS_DELAYED, TASKS_LEASED, TASKS_READY, WORKFLOW_STEPS,
+    TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
 };
 use crate::store::{Store, StoreError};
 pub use model::{Attempt, HandlerSnapshot, Lease, Receipt, Status, Task, WorkflowStep};

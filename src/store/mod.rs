@@ -315,63 +315,63 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::META)?;
-    tx.open_table(tables::AUDIT_ENTRIES)?;
-    tx.open_table(tables::AUDIT_CHECKPOINTS)?;
-    tx.open_table(tables::API_KEYS)?;
-    tx.open_table(tables::METRIC_SNAPSHOTS)?;
+    tx.open_table(tables::audit::AUDIT_ENTRIES)?;
+    tx.open_table(tables::audit::AUDIT_CHECKPOINTS)?;
+    tx.open_table(tables::auth::API_KEYS)?;
+    tx.open_table(tables::metrics::METRIC_SNAPSHOTS)?;
     Ok(())
 }
 
 fn create_queue_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(tables::TASKS)?;
-    tx.open_table(tables::TASKS_READY)?;
-    tx.open_table(tables::TASKS_DELAYED)?;
-    tx.open_table(tables::TASKS_LEASED)?;
-    tx.open_table(tables::TASKS_BY_STATUS)?;
-    tx.open_table(tables::TASK_COUNTS)?;
-    tx.open_table(tables::IDEMPOTENCY_KEYS)?;
-    tx.open_table(tables::IDEMPOTENCY_EXPIRY)?;
-    tx.open_table(tables::TASK_LOGS)?;
-    tx.open_table(tables::CIRCUITS)?;
+    tx.open_table(tables::queue::TASKS)?;
+    tx.open_table(tables::queue::TASKS_READY)?;
+    tx.open_table(tables::queue::TASKS_DELAYED)?;
+    tx.open_table(tables::queue::TASKS_LEASED)?;
+    tx.open_table(tables::queue::TASKS_BY_STATUS)?;
+    tx.open_table(tables::queue::TASK_COUNTS)?;
+    tx.open_table(tables::queue::IDEMPOTENCY_KEYS)?;
+    tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY)?;
+    tx.open_table(tables::queue::TASK_LOGS)?;
+    tx.open_table(tables::exec::CIRCUITS)?;
     Ok(())
 }
 
 fn create_inbox_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(tables::INBOX_SEEN)?;
-    tx.open_table(tables::INBOX_SEEN_EXPIRY)?;
-    tx.open_table(tables::INBOX_REJECTIONS)?;
+    tx.open_table(tables::inbox::INBOX_SEEN)?;
+    tx.open_table(tables::inbox::INBOX_SEEN_EXPIRY)?;
+    tx.open_table(tables::inbox::INBOX_REJECTIONS)?;
     Ok(())
 }
 
 fn create_llm_and_workflow_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(tables::LLM_LEDGER)?;
-    tx.open_table(tables::LLM_BUDGETS)?;
-    tx.open_table(tables::WORKFLOW_STEPS)?;
+    tx.open_table(tables::budget::LLM_LEDGER)?;
+    tx.open_table(tables::budget::LLM_BUDGETS)?;
+    tx.open_table(tables::exec::WORKFLOW_STEPS)?;
     Ok(())
 }
 
 fn create_admin_session_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(tables::ADMIN_SESSIONS)?;
+    tx.open_table(tables::auth::ADMIN_SESSIONS)?;
     Ok(())
 }
 
 fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
-    tx.open_table(tables::CYCLE_RUNS)?;
-    tx.open_table(tables::CYCLES_ACTIVE)?;
-    tx.open_table(tables::CYCLE_CHECKPOINTS)?;
-    tx.open_table(tables::CYCLE_INITIATIONS)?;
-    tx.open_table(tables::CYCLE_SLOTS)?;
-    tx.open_table(tables::CYCLE_ITEMS)?;
-    tx.open_table(tables::CYCLE_DISPATCHES)?;
-    tx.open_table(tables::CYCLE_SCHEDULES)?;
-    tx.open_table(tables::EXECUTION_RECORDS)?;
-    tx.open_table(tables::EXECUTION_RECORDS_BY_CYCLE)?;
-    tx.open_table(tables::VALUE_LEDGER)?;
-    tx.open_table(tables::TELEMETRY)?;
-    tx.open_table(tables::SIGNALS)?;
-    tx.open_table(tables::PROPOSALS)?;
-    tx.open_table(tables::GOVERNANCE)?;
-    tx.open_table(tables::PROFILE_VERSIONS)?;
+    tx.open_table(tables::cycles::CYCLE_RUNS)?;
+    tx.open_table(tables::cycles::CYCLES_ACTIVE)?;
+    tx.open_table(tables::cycles::CYCLE_CHECKPOINTS)?;
+    tx.open_table(tables::cycles::CYCLE_INITIATIONS)?;
+    tx.open_table(tables::cycles::CYCLE_SLOTS)?;
+    tx.open_table(tables::cycles::CYCLE_ITEMS)?;
+    tx.open_table(tables::cycles::CYCLE_DISPATCHES)?;
+    tx.open_table(tables::cycles::CYCLE_SCHEDULES)?;
+    tx.open_table(tables::cycles::EXECUTION_RECORDS)?;
+    tx.open_table(tables::cycles::EXECUTION_RECORDS_BY_CYCLE)?;
+    tx.open_table(tables::cycles::VALUE_LEDGER)?;
+    tx.open_table(tables::cycles::TELEMETRY)?;
+    tx.open_table(tables::cycles::SIGNALS)?;
+    tx.open_table(tables::cycles::PROPOSALS)?;
+    tx.open_table(tables::cycles::GOVERNANCE)?;
+    tx.open_table(tables::cycles::PROFILE_VERSIONS)?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use keel::audit::{Audit, Entry, SIGNING_KEY_FILE, VerifyReport};
 use keel::store::codec;
-use keel::store::tables::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
+use keel::store::tables::audit::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
 use redb::{ReadableDatabase, ReadableTable, TableHandle};
 use serde_json::json;
 

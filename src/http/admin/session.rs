@@ -28,7 +28,7 @@ use crate::http::error::ApiError;
 use crate::http::middleware::RequestId;
 use crate::store::StoreError;
 use crate::store::codec::{self, Record};
-use crate::store::tables::ADMIN_SESSIONS;
+use crate::store::tables::auth::ADMIN_SESSIONS;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "keel_session";
