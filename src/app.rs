@@ -103,6 +103,7 @@ impl Core {
         })?;
         let metrics = Arc::new(Metrics::new(VERSION));
         let events = Arc::new(EventBus::new(crate::events::DEFAULT_CAPACITY, &metrics));
+        let audit_watch = Arc::new(audit::AppendWatch::new(Arc::clone(&events)));
         let commit_time = metrics.histogram(
             "keel_store_commit_duration_seconds",
             "Time to commit one group of writes durably.",
@@ -123,13 +124,14 @@ impl Core {
                     batch_size.record(batch as u64);
                     commit_time.record_duration(elapsed);
                 })),
+                hooks: vec![Arc::clone(&audit_watch) as Arc<dyn crate::store::TransactionHook>],
             },
         )?;
         let store = Arc::new(store);
-        let audit = Arc::new(Audit::load_or_create(
-            &data_dir,
-            config.audit.checkpoint_every,
-        )?);
+        let audit = Arc::new(
+            Audit::load_or_create(&data_dir, config.audit.checkpoint_every)?
+                .with_watch(audit_watch),
+        );
         let hash_key = Auth::hash_key(
             config.auth.key_hash_secret.as_ref().map(|s| s.expose()),
             &data_dir,
@@ -139,6 +141,7 @@ impl Core {
             Arc::clone(&audit),
             Arc::clone(&clock),
             hash_key,
+            Arc::clone(&events),
         )?);
         let config = Arc::new(config);
         let queue = Arc::new(Queue::new(
@@ -364,7 +367,7 @@ impl App {
     }
 }
 
-/// Flushes keys' last-use times to the store.
+/// Flushes keys' last-use times to the store, and announces keys that expired meanwhile.
 struct LastUsedFlushWorker {
     auth: Arc<Auth>,
     interval: Duration,
@@ -379,6 +382,7 @@ impl Worker for LastUsedFlushWorker {
     }
     fn step(&mut self) -> StepFuture<'_> {
         Box::pin(async move {
+            self.auth.announce_expired();
             self.auth
                 .flush_last_used()
                 .await

@@ -144,6 +144,7 @@ fn group_commit(path: &Path, writers: usize, each: Duration) -> anyhow::Result<R
                     std::sync::atomic::Ordering::Relaxed,
                 );
             })),
+            hooks: Vec::new(),
         },
     )?);
     // Keys come from one counter, as keel's own keys are time-ordered (sequence numbers,

@@ -192,6 +192,7 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<()> {
         StoreOptions {
             max_batch: 1024,
             commit_observer: None,
+            ..Default::default()
         },
     )?;
     let audit = Arc::new(Audit::load_or_create(scratch.path(), 1000)?);

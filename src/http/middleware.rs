@@ -156,20 +156,14 @@ pub fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Per-route layer: authenticates the key and checks the route's role; the caller's
-/// [`crate::auth::Principal`] goes into the request's extensions.
-pub async fn require_access(
-    State((app, access)): State<(AppState, Access)>,
+/// Per-route layer of API routes: authenticates the key and checks the route's role; the
+/// caller's [`crate::auth::Principal`] goes into the request's extensions. (Dashboard routes
+/// are guarded by `admin::session::require_session` instead; the router picks the layer.)
+pub async fn require_role(
+    State((app, needed)): State<(AppState, Role)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let needed = match access {
-        Access::Public => return next.run(req).await,
-        Access::Session(needed) => {
-            return super::admin::session::require_session(app, needed, req, next).await;
-        }
-        Access::Role(needed) => needed,
-    };
     let principal = match presented_key(req.headers()) {
         None => Err(AuthError::MissingKey),
         Some(token) => app.auth.authenticate(token),

@@ -171,10 +171,19 @@ pub fn routes() -> Vec<RouteSpec> {
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {
-        let guarded = handler.route_layer(axum::middleware::from_fn_with_state(
-            (Arc::clone(&app), spec.access),
-            middleware::require_access,
-        ));
+        let guarded = match spec.access {
+            Access::Public => handler,
+            Access::Role(needed) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (Arc::clone(&app), needed),
+                middleware::require_role,
+            )),
+            Access::Session(needed) => {
+                handler.route_layer(axum::middleware::from_fn_with_state(
+                    (Arc::clone(&app), needed),
+                    admin::session::require_session_layer,
+                ))
+            }
+        };
         router = router.route(spec.path, guarded);
     }
     let mut router = router

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
-pub use writer::CommitObserver;
+pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
 pub const SCHEMA_VERSION: u64 = 6;
@@ -99,6 +99,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Told about every commit (batch size and commit time), e.g. for metrics.
     pub commit_observer: Option<CommitObserver>,
+    /// Told when each write transaction begins and when it committed.
+    pub hooks: Vec<Arc<dyn TransactionHook>>,
 }
 
 /// The open database and its writer thread.
@@ -125,9 +127,10 @@ impl Store {
         let writer_db = Arc::clone(&db);
         let max_batch = options.max_batch.max(1);
         let observer = options.commit_observer;
+        let hooks = options.hooks;
         let writer = std::thread::Builder::new()
             .name("keel-store-writer".into())
-            .spawn(move || writer::run(&writer_db, receiver, max_batch, observer))
+            .spawn(move || writer::run(&writer_db, receiver, max_batch, observer, hooks))
             .map_err(|e| StoreError::Open {
                 path: path.to_path_buf(),
                 reason: format!("cannot start writer thread: {e}"),
@@ -420,6 +423,7 @@ mod tests {
             StoreOptions {
                 max_batch: 64,
                 commit_observer: None,
+                ..Default::default()
             },
         )
         .unwrap()

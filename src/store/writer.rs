@@ -17,6 +17,17 @@ use super::StoreError;
 /// Called after every commit with the batch size and the time the commit took.
 pub type CommitObserver = Box<dyn Fn(usize, Duration) + Send + Sync>;
 
+/// Told when the writer begins a write transaction and when one committed durably, on the
+/// writer thread. A room that learns something inside transactions (such as the audit chain's
+/// newest sequence number) keeps it as tentative at `begun` and announces it at `committed`;
+/// a transaction that is aborted and re-run begins again.
+pub trait TransactionHook: Send + Sync {
+    /// A write transaction began (possibly a re-run of an aborted batch).
+    fn begun(&self);
+    /// The transaction begun last committed durably.
+    fn committed(&self);
+}
+
 /// A write request type-erased for the writer's queue.
 pub(super) trait WriteJob: Send {
     /// Runs the request inside `tx`; `false` means it failed and its writes must be undone.
@@ -83,6 +94,7 @@ pub(super) fn run(
     rx: mpsc::Receiver<Message>,
     max_batch: usize,
     observer: Option<CommitObserver>,
+    hooks: Vec<std::sync::Arc<dyn TransactionHook>>,
 ) {
     let mut stop_reply = None;
     while stop_reply.is_none() {
@@ -105,12 +117,12 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(db, batch, observer.as_ref());
+        commit_batch(db, batch, observer.as_ref(), &hooks);
     }
     // Requests that raced the stop message still get their answer.
     while let Ok(message) = rx.try_recv() {
         match message {
-            Message::Write(job) => commit_batch(db, vec![job], observer.as_ref()),
+            Message::Write(job) => commit_batch(db, vec![job], observer.as_ref(), &hooks),
             Message::Stop(reply) => {
                 let _ = reply.send(());
             }
@@ -125,6 +137,7 @@ fn commit_batch(
     db: &Database,
     mut batch: Vec<Box<dyn WriteJob>>,
     observer: Option<&CommitObserver>,
+    hooks: &[std::sync::Arc<dyn TransactionHook>],
 ) {
     loop {
         let tx = match begin(db) {
@@ -137,6 +150,9 @@ fn commit_batch(
                 return;
             }
         };
+        for hook in hooks {
+            hook.begun();
+        }
         let failed = batch.iter_mut().position(|job| !job.run(&tx));
         match failed {
             Some(index) => {
@@ -154,8 +170,9 @@ fn commit_batch(
                 if let Some(observe) = observer {
                     observe(batch.len(), started.elapsed());
                 }
-                if let Err(e) = &committed {
-                    tracing::error!(error = %e, batch = batch.len(), "commit failed");
+                match &committed {
+                    Ok(()) => hooks.iter().for_each(|hook| hook.committed()),
+                    Err(e) => tracing::error!(error = %e, batch = batch.len(), "commit failed"),
                 }
                 for job in batch {
                     job.finish(committed.clone());

@@ -95,6 +95,7 @@ fn stored_last_used(app: &TestApp, id: &str) -> Option<i64> {
         app.app.audit.clone(),
         app.app.clock.clone(),
         [0; 32],
+        app.app.events.clone(),
     )
     .expect("load keys");
     auth.get(id.parse().expect("uuid"))

@@ -7,66 +7,29 @@
 //! its token (`blake3::derive_key`), so it needs no storage and is compared in constant time.
 //! Sign-in and sign-out are audited with the key as actor.
 
+use crate::audit::hex;
 use axum::body::Body;
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine;
-use redb::{ReadableTable, TableHandle};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
 use super::{AdminError, Layout, render};
-use crate::audit::{Event, hex};
+use crate::auth::sessions::{MAX_AGE_MS, SessionRecord, hash_token, new_token, well_formed};
 use crate::auth::{AuthError, Principal, Role};
-use crate::clock::Millis;
-use crate::fsutil;
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::middleware::RequestId;
 use crate::store::StoreError;
-use crate::store::codec::{self, Record};
-use crate::store::tables::auth::ADMIN_SESSIONS;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "keel_session";
 /// Name of the cookie that protects the sign-in form (set before there is a session).
 pub const LOGIN_COOKIE: &str = "keel_login";
-/// A session ends after this long without a request.
-pub const IDLE_TIMEOUT_MS: i64 = 60 * 60 * 1000;
-/// A session ends this long after sign-in, whatever happens.
-pub const MAX_AGE_MS: i64 = 12 * 60 * 60 * 1000;
-/// `last_seen_at` is written at most this often.
-const TOUCH_EVERY_MS: i64 = 60 * 1000;
 /// Name of the form field (or `X-CSRF-Token` header) carrying the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
-
-/// A stored session (the token itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// The API key that signed in.
-    pub key_id: Uuid,
-    /// Its role at sign-in.
-    pub role: Role,
-    /// Sign-in time (epoch ms).
-    pub created_at: Millis,
-    /// Last request, as of the last write (epoch ms).
-    pub last_seen_at: Millis,
-}
-
-impl Record for SessionRecord {
-    const VERSION: u8 = 1;
-}
-
-impl SessionRecord {
-    /// Whether the session has ended by time at `now`.
-    pub fn expired(&self, now: Millis) -> bool {
-        now >= self.created_at.saturating_add(MAX_AGE_MS)
-            || now >= self.last_seen_at.saturating_add(IDLE_TIMEOUT_MS)
-    }
-}
 
 /// The signed-in caller of a dashboard request, in the request's extensions.
 #[derive(Debug, Clone)]
@@ -114,10 +77,6 @@ fn reason_message(code: &str) -> Option<&'static str> {
     })
 }
 
-fn hash_token(token: &str) -> [u8; 32] {
-    *blake3::hash(token.as_bytes()).as_bytes()
-}
-
 /// The CSRF token of the session with `token`.
 pub fn csrf_for(token: &str) -> String {
     hex(&blake3::derive_key(
@@ -131,18 +90,6 @@ fn login_csrf_for(token: &str) -> String {
         "keel admin login csrf v1",
         token.as_bytes(),
     ))
-}
-
-fn new_token() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(fsutil::random_bytes::<32>())
-}
-
-/// A well-formed token: 43 base64url characters (guards what reaches the hash and the store).
-fn well_formed(token: &str) -> bool {
-    token.len() == 43
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn equal(a: &str, b: &str) -> bool {
@@ -210,113 +157,6 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-/// Creates a session for `principal` (pruning ended ones in the same write) and audits the
-/// sign-in; returns the session token for the cookie.
-pub async fn create(app: &AppState, principal: &Principal) -> Result<String, StoreError> {
-    let token = new_token();
-    let hash = hash_token(&token);
-    let now = app.clock.now_ms();
-    let record = SessionRecord {
-        key_id: principal.key_id,
-        role: principal.role,
-        created_at: now,
-        last_seen_at: now,
-    };
-    let audit = std::sync::Arc::clone(&app.audit);
-    let event = Event::new(
-        principal.actor(),
-        "admin.sign_in",
-        principal.key_id.to_string(),
-    )
-    .with_detail(serde_json::json!({"role": principal.role, "name": principal.name}));
-    app.store
-        .write(move |tx| -> Result<(), StoreError> {
-            let mut table = tx.open_table(ADMIN_SESSIONS)?;
-            let mut ended = Vec::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                let old: Result<SessionRecord, _> =
-                    codec::decode(ADMIN_SESSIONS.name(), hex(k.value()), v.value());
-                if old.is_err() || old.is_ok_and(|s| s.expired(now)) {
-                    ended.push(k.value().to_vec());
-                }
-            }
-            for k in ended {
-                table.remove(k.as_slice())?;
-            }
-            table.insert(hash.as_slice(), codec::encode(&record).as_slice())?;
-            drop(table);
-            audit.append(tx, now, &event)?;
-            Ok(())
-        })
-        .await?;
-    Ok(token)
-}
-
-async fn load(app: &AppState, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
-    app.store
-        .read(move |tx| -> Result<Option<SessionRecord>, StoreError> {
-            let table = tx.open_table(ADMIN_SESSIONS)?;
-            table
-                .get(hash.as_slice())?
-                .map(|v| codec::decode(ADMIN_SESSIONS.name(), hex(&hash), v.value()))
-                .transpose()
-        })
-        .await
-}
-
-/// Deletes a session; with `audit_as`, audits it as a sign-out by that principal.
-async fn delete(
-    app: &AppState,
-    hash: [u8; 32],
-    audit_as: Option<&Principal>,
-) -> Result<(), StoreError> {
-    let now = app.clock.now_ms();
-    let audit = std::sync::Arc::clone(&app.audit);
-    let event = audit_as.map(|p| {
-        Event::new(p.actor(), "admin.sign_out", p.key_id.to_string())
-            .with_detail(serde_json::json!({"name": p.name}))
-    });
-    app.store
-        .write(move |tx| -> Result<(), StoreError> {
-            tx.open_table(ADMIN_SESSIONS)?.remove(hash.as_slice())?;
-            if let Some(event) = &event {
-                audit.append(tx, now, event)?;
-            }
-            Ok(())
-        })
-        .await
-}
-
-/// Records a request on the session, at most once a minute.
-async fn touch(
-    app: &AppState,
-    hash: [u8; 32],
-    record: &SessionRecord,
-    now: Millis,
-) -> Result<(), StoreError> {
-    if now - record.last_seen_at < TOUCH_EVERY_MS {
-        return Ok(());
-    }
-    app.store
-        .write(move |tx| -> Result<(), StoreError> {
-            let mut table = tx.open_table(ADMIN_SESSIONS)?;
-            let current = table
-                .get(hash.as_slice())?
-                .map(|v| {
-                    codec::decode::<SessionRecord>(ADMIN_SESSIONS.name(), hex(&hash), v.value())
-                })
-                .transpose()?;
-            // Signed out meanwhile: nothing to record.
-            if let Some(mut current) = current {
-                current.last_seen_at = current.last_seen_at.max(now);
-                table.insert(hash.as_slice(), codec::encode(&current).as_slice())?;
-            }
-            Ok(())
-        })
-        .await
-}
-
 /// The session behind `token`: its hash and record, and the signed-in principal with the key's
 /// current role; or why there is none (an ended session is deleted).
 async fn resolve(
@@ -327,7 +167,7 @@ async fn resolve(
         return Ok(Err(Ended::Missing));
     };
     let hash = hash_token(token);
-    let record = match load(app, hash).await {
+    let record = match app.auth.session(hash).await {
         Ok(Some(record)) => record,
         Ok(None) => return Ok(Err(Ended::Missing)),
         // An unreadable session is no session (the next sign-in prunes it).
@@ -357,7 +197,7 @@ async fn resolve(
             Ok(_) | Err(_) => Some(Ended::KeyRevoked),
         }
     };
-    delete(app, hash, None).await?;
+    app.auth.delete_session(hash, None).await?;
     Ok(Err(ended.unwrap_or(Ended::Missing)))
 }
 
@@ -427,9 +267,8 @@ fn refuse(live: bool, status: StatusCode, code: &'static str, message: &str) -> 
 /// Per-route layer of dashboard routes: a live session with at least `needed`, and for writes a
 /// matching CSRF token. Without a session, pages redirect to the sign-in page (live JSON answers
 /// 401); a lower role gets 403 and nothing runs. Errors of the handler are rendered as HTML here.
-pub async fn require_session(
-    app: AppState,
-    needed: Role,
+pub async fn require_session_layer(
+    State((app, needed)): State<(AppState, Role)>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -508,7 +347,11 @@ pub async fn require_session(
             .with_layout(&session, &request_id);
         }
     }
-    if let Err(e) = touch(&app, hash, &record, app.clock.now_ms()).await {
+    if let Err(e) = app
+        .auth
+        .touch_session(hash, &record, app.clock.now_ms())
+        .await
+    {
         return ApiError::from(e).into_response();
     }
     req.extensions_mut().insert(session.clone());
@@ -671,7 +514,7 @@ pub async fn login(
             );
         }
     };
-    let token = match create(&app, &principal).await {
+    let token = match app.auth.create_session(&principal).await {
         Ok(t) => t,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -696,7 +539,9 @@ pub async fn logout(
     axum::Extension(session): axum::Extension<AdminSession>,
 ) -> Result<Response, AdminError> {
     if let Some(token) = cookie(&headers, SESSION_COOKIE) {
-        delete(&app, hash_token(token), Some(&session.principal)).await?;
+        app.auth
+            .delete_session(hash_token(token), Some(&session.principal))
+            .await?;
     }
     let mut response = Redirect::to("/admin/login?reason=signed_out").into_response();
     response.headers_mut().insert(
@@ -765,24 +610,6 @@ mod tests {
             assert_eq!(safe_next(Some(bad)), "/admin", "{bad}");
         }
         assert_eq!(safe_next(None), "/admin");
-    }
-
-    #[test]
-    fn sessions_end_when_idle_or_old() {
-        let s = SessionRecord {
-            key_id: Uuid::nil(),
-            role: Role::Viewer,
-            created_at: 0,
-            last_seen_at: 0,
-        };
-        assert!(!s.expired(IDLE_TIMEOUT_MS - 1));
-        assert!(s.expired(IDLE_TIMEOUT_MS));
-        let busy = SessionRecord {
-            last_seen_at: MAX_AGE_MS - 1,
-            ..s
-        };
-        assert!(!busy.expired(MAX_AGE_MS - 1));
-        assert!(busy.expired(MAX_AGE_MS));
     }
 
     #[test]

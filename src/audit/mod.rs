@@ -9,17 +9,23 @@
 //! rewriting the whole chain consistently, no longer matches the signed checkpoints.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
+use crate::events::EventBus;
 use crate::fsutil;
-use crate::store::StoreError;
-use crate::store::codec::{self, Record};
-use crate::store::tables::audit::{AUDIT_CHECKPOINTS, AUDIT_ENTRIES};
+use crate::store::codec::Record;
+use crate::store::{StoreError, TransactionHook};
+
+pub mod tables;
+
+use tables::{AuditRead, AuditWrite, decode_checkpoint, decode_entry};
 
 /// File name of the checkpoint signing key inside the data dir.
 pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
@@ -192,6 +198,44 @@ impl std::fmt::Display for VerifyReport {
 pub struct Audit {
     signing_key: SigningKey,
     checkpoint_every: u64,
+    watch: Arc<AppendWatch>,
+}
+
+/// Announces the chain's new head (`Event::AuditAppended`) once the write transaction that
+/// appended it committed: a store [`TransactionHook`] that keeps the newest sequence number
+/// appended in the current transaction and forgets it when a transaction begins again.
+#[derive(Debug, Default)]
+pub struct AppendWatch {
+    /// Newest sequence number appended in the open transaction; 0 for none.
+    tentative: AtomicU64,
+    events: Option<Arc<EventBus>>,
+}
+
+impl AppendWatch {
+    /// A watch publishing on `events`.
+    pub fn new(events: Arc<EventBus>) -> AppendWatch {
+        AppendWatch {
+            tentative: AtomicU64::new(0),
+            events: Some(events),
+        }
+    }
+
+    fn appended(&self, seq: u64) {
+        self.tentative.fetch_max(seq, Ordering::SeqCst);
+    }
+}
+
+impl TransactionHook for AppendWatch {
+    fn begun(&self) {
+        self.tentative.store(0, Ordering::SeqCst);
+    }
+
+    fn committed(&self) {
+        let seq = self.tentative.swap(0, Ordering::SeqCst);
+        if let (Some(events), true) = (&self.events, seq > 0) {
+            events.publish(crate::events::Event::AuditAppended { seq });
+        }
+    }
 }
 
 impl Audit {
@@ -213,6 +257,7 @@ impl Audit {
         Ok(Audit {
             signing_key,
             checkpoint_every: checkpoint_every.max(1),
+            watch: Arc::default(),
         })
     }
 
@@ -222,7 +267,15 @@ impl Audit {
         Ok(Audit {
             signing_key: Self::read_key(&path)?,
             checkpoint_every: checkpoint_every.max(1),
+            watch: Arc::default(),
         })
+    }
+
+    /// Reports appends through `watch` (registered as a hook of the store this audit writes
+    /// to), so they are announced after their commit.
+    pub fn with_watch(mut self, watch: Arc<AppendWatch>) -> Audit {
+        self.watch = watch;
+        self
     }
 
     fn read_key(path: &Path) -> Result<SigningKey, AuditError> {
@@ -244,12 +297,9 @@ impl Audit {
         now_ms: Millis,
         event: &Event,
     ) -> Result<u64, StoreError> {
-        let mut table = tx.open_table(AUDIT_ENTRIES)?;
-        let (seq, prev_hash) = match table.last()? {
-            Some((k, v)) => {
-                let prev: Entry = codec::decode(AUDIT_ENTRIES.name(), k.value(), v.value())?;
-                (k.value() + 1, prev.hash)
-            }
+        let mut tables = AuditWrite::open(tx)?;
+        let (seq, prev_hash) = match tables.last_entry()? {
+            Some(prev) => (prev.seq + 1, prev.hash),
             None => (1, [0u8; 32]),
         };
         let mut entry = Entry {
@@ -263,11 +313,11 @@ impl Audit {
             hash: [0u8; 32],
         };
         entry.hash = entry.compute_hash();
-        table.insert(seq, codec::encode(&entry).as_slice())?;
-        drop(table);
+        tables.put_entry(&entry)?;
         if seq % self.checkpoint_every == 0 {
-            self.write_checkpoint(tx, seq, entry.hash, now_ms)?;
+            self.write_checkpoint(&mut tables, seq, entry.hash, now_ms)?;
         }
+        self.watch.appended(seq);
         Ok(seq)
     }
 
@@ -279,24 +329,11 @@ impl Audit {
         now_ms: Millis,
         min_interval_ms: i64,
     ) -> Result<Option<Checkpoint>, StoreError> {
-        let head = {
-            let table = tx.open_table(AUDIT_ENTRIES)?;
-            match table.last()? {
-                Some((k, v)) => codec::decode::<Entry>(AUDIT_ENTRIES.name(), k.value(), v.value())?,
-                None => return Ok(None),
-            }
+        let mut tables = AuditWrite::open(tx)?;
+        let Some(head) = tables.last_entry()? else {
+            return Ok(None);
         };
-        let last = {
-            let table = tx.open_table(AUDIT_CHECKPOINTS)?;
-            match table.last()? {
-                Some((k, v)) => Some(codec::decode::<Checkpoint>(
-                    AUDIT_CHECKPOINTS.name(),
-                    k.value(),
-                    v.value(),
-                )?),
-                None => None,
-            }
-        };
+        let last = tables.last_checkpoint()?;
         let due = match &last {
             None => true,
             Some(cp) => cp.seq < head.seq && now_ms - cp.time_ms >= min_interval_ms,
@@ -304,13 +341,13 @@ impl Audit {
         if !due {
             return Ok(None);
         }
-        self.write_checkpoint(tx, head.seq, head.hash, now_ms)
+        self.write_checkpoint(&mut tables, head.seq, head.hash, now_ms)
             .map(Some)
     }
 
     fn write_checkpoint(
         &self,
-        tx: &WriteTransaction,
+        tables: &mut AuditWrite<'_>,
         seq: u64,
         head_hash: [u8; 32],
         now_ms: Millis,
@@ -324,8 +361,7 @@ impl Audit {
             time_ms: now_ms,
             signature: signature.to_bytes().to_vec(),
         };
-        tx.open_table(AUDIT_CHECKPOINTS)?
-            .insert(seq, codec::encode(&checkpoint).as_slice())?;
+        tables.put_checkpoint(&checkpoint)?;
         Ok(checkpoint)
     }
 
@@ -358,9 +394,9 @@ fn failed(entries: u64, checkpoints: u64, seq: u64, reason: String) -> VerifyRep
 }
 
 fn verify_with(key: &VerifyingKey, tx: &ReadTransaction) -> Result<VerifyReport, StoreError> {
-    let entries = tx.open_table(AUDIT_ENTRIES)?;
+    let tables = AuditRead::open(tx)?;
+    let (entries, checkpoint_table) = (&tables.entries, &tables.checkpoints);
     let mut hashes_at_checkpoints = std::collections::HashMap::new();
-    let checkpoint_table = tx.open_table(AUDIT_CHECKPOINTS)?;
     let checkpoint_seqs: std::collections::HashSet<u64> = checkpoint_table
         .iter()?
         .map(|r| r.map(|(k, _)| k.value()))
@@ -380,7 +416,7 @@ fn verify_with(key: &VerifyingKey, tx: &ReadTransaction) -> Result<VerifyReport,
                 format!("entry {expected} is missing (the next stored entry is {key_seq})"),
             ));
         }
-        let entry: Entry = match codec::decode(AUDIT_ENTRIES.name(), key_seq, v.value()) {
+        let entry: Entry = match decode_entry(key_seq, v.value()) {
             Ok(e) => e,
             Err(e) => {
                 return Ok(failed(
@@ -427,18 +463,17 @@ fn verify_with(key: &VerifyingKey, tx: &ReadTransaction) -> Result<VerifyReport,
     for row in checkpoint_table.iter()? {
         let (k, v) = row?;
         let cp_seq = k.value();
-        let checkpoint: Checkpoint =
-            match codec::decode(AUDIT_CHECKPOINTS.name(), cp_seq, v.value()) {
-                Ok(c) => c,
-                Err(e) => {
-                    return Ok(failed(
-                        count,
-                        checked_checkpoints,
-                        cp_seq,
-                        format!("checkpoint cannot be decoded: {e}"),
-                    ));
-                }
-            };
+        let checkpoint: Checkpoint = match decode_checkpoint(cp_seq, v.value()) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(failed(
+                    count,
+                    checked_checkpoints,
+                    cp_seq,
+                    format!("checkpoint cannot be decoded: {e}"),
+                ));
+            }
+        };
         let signature = Signature::from_slice(&checkpoint.signature).ok();
         let message =
             Checkpoint::message(checkpoint.seq, &checkpoint.head_hash, checkpoint.time_ms);
@@ -486,16 +521,12 @@ fn verify_with(key: &VerifyingKey, tx: &ReadTransaction) -> Result<VerifyReport,
 
 /// The newest entry, as a [`Head`].
 pub fn head(tx: &ReadTransaction) -> Result<Head, StoreError> {
-    let table = tx.open_table(AUDIT_ENTRIES)?;
-    Ok(match table.last()? {
-        Some((k, v)) => {
-            let e: Entry = codec::decode(AUDIT_ENTRIES.name(), k.value(), v.value())?;
-            Head {
-                seq: e.seq,
-                hash: hex(&e.hash),
-                time_ms: Some(e.time_ms),
-            }
-        }
+    Ok(match AuditRead::open(tx)?.last_entry()? {
+        Some(e) => Head {
+            seq: e.seq,
+            hash: hex(&e.hash),
+            time_ms: Some(e.time_ms),
+        },
         None => Head {
             seq: 0,
             hash: hex(&[0u8; 32]),
@@ -506,28 +537,12 @@ pub fn head(tx: &ReadTransaction) -> Result<Head, StoreError> {
 
 /// Up to `limit` entries with seq greater than `after`, oldest first.
 pub fn list(tx: &ReadTransaction, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-    let table = tx.open_table(AUDIT_ENTRIES)?;
-    let mut out = Vec::new();
-    for row in table.range(after.saturating_add(1)..)?.take(limit) {
-        let (k, v) = row?;
-        out.push(codec::decode(AUDIT_ENTRIES.name(), k.value(), v.value())?);
-    }
-    Ok(out)
+    AuditRead::open(tx)?.entries_after(after, limit)
 }
 
 /// Up to `limit` newest checkpoints, newest first.
 pub fn checkpoints(tx: &ReadTransaction, limit: usize) -> Result<Vec<Checkpoint>, StoreError> {
-    let table = tx.open_table(AUDIT_CHECKPOINTS)?;
-    let mut out = Vec::new();
-    for row in table.iter()?.rev().take(limit) {
-        let (k, v) = row?;
-        out.push(codec::decode(
-            AUDIT_CHECKPOINTS.name(),
-            k.value(),
-            v.value(),
-        )?);
-    }
-    Ok(out)
+    AuditRead::open(tx)?.newest_checkpoints(limit)
 }
 
 #[cfg(test)]
@@ -546,6 +561,7 @@ mod tests {
             StoreOptions {
                 max_batch: 16,
                 commit_observer: None,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -10,17 +10,22 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
-use redb::{ReadableTable, TableHandle, WriteTransaction};
+use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::audit::{self, Audit, Event};
+
+pub mod sessions;
+pub mod tables;
+
 use crate::clock::{Millis, SharedClock};
+use crate::events::{Event as BusEvent, EventBus};
 use crate::fsutil;
-use crate::store::codec::{self, Record};
-use crate::store::tables::auth::API_KEYS;
+use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
+use tables::{AuthRead, AuthWrite};
 
 /// Prefix that makes keel keys recognisable (e.g. to secret scanners).
 pub const KEY_PREFIX: &str = "keel_";
@@ -242,6 +247,9 @@ pub struct Auth {
     hash_key: [u8; 32],
     keys: RwLock<HashMap<Uuid, KeyRecord>>,
     last_used: Mutex<HashMap<Uuid, Millis>>,
+    events: Arc<EventBus>,
+    /// Keys already announced as expired (`KeyExpired` is published once per key).
+    announced_expired: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl Auth {
@@ -251,18 +259,22 @@ impl Auth {
         audit: Arc<Audit>,
         clock: SharedClock,
         hash_key: [u8; 32],
+        events: Arc<EventBus>,
     ) -> Result<Auth, AuthError> {
         let keys = store.read_blocking(|tx| -> Result<_, StoreError> {
-            let table = tx.open_table(API_KEYS)?;
-            let mut keys = HashMap::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                let record: KeyRecord =
-                    codec::decode(API_KEYS.name(), Uuid::from_u128(k.value()), v.value())?;
-                keys.insert(record.id, record);
-            }
-            Ok(keys)
+            Ok(AuthRead::open(tx)?
+                .all_keys()?
+                .into_iter()
+                .map(|record| (record.id, record))
+                .collect::<HashMap<_, _>>())
         })?;
+        let now = clock.now_ms();
+        // Keys that had expired before this start are not news.
+        let announced_expired = keys
+            .values()
+            .filter(|r| r.expires_at.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
         Ok(Auth {
             store,
             audit,
@@ -270,6 +282,8 @@ impl Auth {
             hash_key,
             keys: RwLock::new(keys),
             last_used: Mutex::new(HashMap::new()),
+            events,
+            announced_expired: Mutex::new(announced_expired),
         })
     }
 
@@ -459,6 +473,8 @@ impl Auth {
             })
             .await?;
         let view = self.view(&record, None);
+        self.events
+            .publish(BusEvent::KeyCreated { key_id: record.id });
         self.cache([record]);
         Ok(CreatedKey { view, token })
     }
@@ -483,6 +499,7 @@ impl Auth {
             })
             .await?;
         let view = self.view(&record, None);
+        self.events.publish(BusEvent::KeyRevoked { key_id: id });
         self.cache([record]);
         Ok(view)
     }
@@ -533,6 +550,9 @@ impl Auth {
             })
             .await?;
         let view = self.view(&new_record, None);
+        self.events.publish(BusEvent::KeyCreated {
+            key_id: new_record.id,
+        });
         self.cache([old, new_record]);
         Ok(CreatedKey { view, token })
     }
@@ -544,6 +564,32 @@ impl Auth {
             .get(&id)
             .cloned()
             .ok_or_else(|| AuthError::NotFound(id.to_string()))
+    }
+
+    /// Publishes `KeyExpired` for each key whose expiry time has passed since the last look
+    /// (the expiry itself is durable: it is the stored `expires_at`). Returns how many.
+    pub fn announce_expired(&self) -> usize {
+        let now = self.clock.now_ms();
+        let expired: Vec<Uuid> = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|r| r.revoked_at.is_none() && r.expires_at.is_some_and(|t| t <= now))
+            .map(|r| r.id)
+            .collect();
+        let mut announced = self
+            .announced_expired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut count = 0;
+        for id in expired {
+            if announced.insert(id) {
+                self.events.publish(BusEvent::KeyExpired { key_id: id });
+                count += 1;
+            }
+        }
+        count
     }
 
     /// Writes remembered `last_used_at` times to the store in one transaction.
@@ -632,6 +678,8 @@ impl Auth {
                 Ok(())
             })
             .await?;
+        self.events
+            .publish(BusEvent::KeyCreated { key_id: record.id });
         self.cache([record]);
         Ok(Some(path))
     }
@@ -640,24 +688,18 @@ impl Auth {
 /// Writes only the last-use time of each record, keeping whatever else changed meanwhile
 /// (revocation, expiry).
 fn write_last_used(tx: &WriteTransaction, records: &[KeyRecord]) -> Result<(), StoreError> {
-    let mut table = tx.open_table(API_KEYS)?;
+    let mut tables = AuthWrite::open(tx)?;
     for r in records {
-        let current = table
-            .get(r.id.as_u128())?
-            .map(|v| codec::decode::<KeyRecord>(API_KEYS.name(), r.id, v.value()))
-            .transpose()?;
-        if let Some(mut current) = current {
+        if let Some(mut current) = tables.key(r.id)? {
             current.last_used_at = r.last_used_at;
-            table.insert(r.id.as_u128(), codec::encode(&current).as_slice())?;
+            tables.put_key(&current)?;
         }
     }
     Ok(())
 }
 
 fn put(tx: &WriteTransaction, record: &KeyRecord) -> Result<(), StoreError> {
-    tx.open_table(API_KEYS)?
-        .insert(record.id.as_u128(), codec::encode(record).as_slice())?;
-    Ok(())
+    AuthWrite::open(tx)?.put_key(record)
 }
 
 /// Splits `keel_<32 hex id>_<secret>` into id and secret.
@@ -692,6 +734,7 @@ mod tests {
                 StoreOptions {
                     max_batch: 8,
                     commit_observer: None,
+                    ..Default::default()
                 },
             )
             .unwrap(),
@@ -699,11 +742,13 @@ mod tests {
         let audit = Arc::new(Audit::load_or_create(dir.path(), 1000).unwrap());
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let hash_key = Auth::hash_key(None, dir.path()).unwrap();
+        let events = Arc::new(EventBus::new(64, &crate::metrics::Metrics::new("test")));
         let auth = Auth::load(
             Arc::clone(&store),
             Arc::clone(&audit),
             clock.clone(),
             hash_key,
+            Arc::clone(&events),
         )
         .unwrap();
         Fixture {
@@ -769,6 +814,7 @@ mod tests {
             Arc::clone(&f.audit),
             f.clock.clone(),
             f.auth.hash_key,
+            Arc::clone(&f.auth.events),
         )
         .unwrap();
         assert_eq!(
@@ -849,6 +895,7 @@ mod tests {
             Arc::clone(&f.audit),
             f.clock.clone(),
             f.auth.hash_key,
+            Arc::clone(&f.auth.events),
         )
         .unwrap();
         assert_eq!(again.get(k.view.id).unwrap().last_used_at, Some(at));
@@ -892,5 +939,55 @@ mod tests {
             p.require(Role::Operator),
             Err(AuthError::Forbidden { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn key_changes_are_published_after_they_are_stored() {
+        let f = fixture();
+        let mut events = f.auth.events.subscribe();
+        let mut new = new_key(Role::Viewer);
+        new.expires_at = Some(f.clock.now_ms() + 1_000);
+        let created = f.auth.create("t", new).await.unwrap();
+        let id = created.view.id;
+        let next = |e: crate::events::Received| match e {
+            crate::events::Received::Event(e) => (*e).clone(),
+            other => panic!("expected an event, got {other:?}"),
+        };
+        assert_eq!(
+            next(events.recv().await),
+            BusEvent::KeyCreated { key_id: id }
+        );
+        // What the event announces is already durable: a fresh load sees the key.
+        let reloaded = Auth::load(
+            Arc::clone(&f.store),
+            Arc::clone(&f.audit),
+            f.clock.clone(),
+            f.auth.hash_key,
+            Arc::clone(&f.auth.events),
+        )
+        .unwrap();
+        assert!(reloaded.get(id).is_ok());
+        assert_eq!(f.auth.announce_expired(), 0);
+        f.clock.advance_ms(2_000);
+        assert_eq!(f.auth.announce_expired(), 1);
+        assert_eq!(f.auth.announce_expired(), 0, "announced once");
+        assert_eq!(
+            next(events.recv().await),
+            BusEvent::KeyExpired { key_id: id }
+        );
+        let other = f.auth.create("t", new_key(Role::Viewer)).await.unwrap();
+        f.auth.revoke("t", other.view.id).await.unwrap();
+        assert_eq!(
+            next(events.recv().await),
+            BusEvent::KeyCreated {
+                key_id: other.view.id
+            }
+        );
+        assert_eq!(
+            next(events.recv().await),
+            BusEvent::KeyRevoked {
+                key_id: other.view.id
+            }
+        );
     }
 }
