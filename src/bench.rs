@@ -12,6 +12,7 @@ pub mod inproc;
 pub mod limits;
 pub mod record;
 pub mod report;
+mod tables;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use redb::{Database, Durability};
 
-use crate::store::tables::bench::BENCH_RECORDS;
 use crate::store::{Store, StoreError, StoreOptions};
 
 const PAYLOAD: [u8; 128] = [0x5a; 128];
@@ -113,8 +113,7 @@ fn raw_redb(path: &Path, each: Duration) -> anyhow::Result<Row> {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        tx.open_table(BENCH_RECORDS)?
-            .insert(writes, PAYLOAD.as_slice())?;
+        tables::records(&tx)?.insert(writes, PAYLOAD.as_slice())?;
         tx.commit()?;
         latency_us.saturating_record(t0.elapsed().as_micros() as u64);
         writes += 1;
@@ -163,8 +162,7 @@ fn group_commit(path: &Path, writers: usize, each: Duration) -> anyhow::Result<R
                     let key = next_key.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let t0 = Instant::now();
                     store.write_blocking(move |tx| {
-                        tx.open_table(BENCH_RECORDS)?
-                            .insert(key, PAYLOAD.as_slice())?;
+                        tables::records(tx)?.insert(key, PAYLOAD.as_slice())?;
                         Ok::<_, StoreError>(())
                     })?;
                     latency_us.saturating_record(t0.elapsed().as_micros() as u64);

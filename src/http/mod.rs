@@ -177,12 +177,10 @@ pub fn router(app: AppState) -> Router {
                 (Arc::clone(&app), needed),
                 middleware::require_role,
             )),
-            Access::Session(needed) => {
-                handler.route_layer(axum::middleware::from_fn_with_state(
-                    (Arc::clone(&app), needed),
-                    admin::session::require_session_layer,
-                ))
-            }
+            Access::Session(needed) => handler.route_layer(axum::middleware::from_fn_with_state(
+                (Arc::clone(&app), needed),
+                admin::session::require_session_layer,
+            )),
         };
         router = router.route(spec.path, guarded);
     }

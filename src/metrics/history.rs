@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{ReadTransaction, ReadableTable, TableHandle, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::tables::{MetricsRead, MetricsWrite};
 use super::{IntervalSnapshot, Metrics};
 use crate::clock::{Millis, SharedClock};
-use crate::store::codec::{self, Record};
-use crate::store::tables::metrics::METRIC_SNAPSHOTS;
+use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{StepFuture, Worker};
 
@@ -36,7 +36,7 @@ pub fn persist(
     start_ms: Millis,
     end_ms: Millis,
 ) -> Result<usize, StoreError> {
-    let mut table = tx.open_table(METRIC_SNAPSHOTS)?;
+    let mut tables = MetricsWrite::open(tx)?;
     let count = snapshots.len();
     for snapshot in snapshots {
         let key = snapshot.series_key();
@@ -45,51 +45,24 @@ pub fn persist(
             end_ms,
             snapshot,
         };
-        table.insert((key.as_str(), start_ms), codec::encode(&record).as_slice())?;
+        tables.put(&key, &record)?;
     }
     Ok(count)
 }
 
 /// Deletes intervals that started before `cutoff_ms`; returns how many.
 pub fn prune(tx: &WriteTransaction, cutoff_ms: Millis) -> Result<usize, StoreError> {
-    let mut table = tx.open_table(METRIC_SNAPSHOTS)?;
+    let mut tables = MetricsWrite::open(tx)?;
     let mut removed = 0;
-    for series in series_keys_in(&table)? {
-        let old: Vec<i64> = table
-            .range((series.as_str(), i64::MIN)..(series.as_str(), cutoff_ms))?
-            .map(|r| r.map(|(k, _)| k.value().1))
-            .collect::<Result<_, _>>()?;
-        for start in old {
-            table.remove((series.as_str(), start))?;
-            removed += 1;
-        }
+    for series in tables.series_keys()? {
+        removed += tables.remove_before(&series, cutoff_ms)?;
     }
     Ok(removed)
 }
 
-/// Distinct series keys, by skipping from one series to the next.
-fn series_keys_in<T: ReadableTable<(&'static str, i64), &'static [u8]>>(
-    table: &T,
-) -> Result<Vec<String>, StoreError> {
-    let mut keys = Vec::new();
-    let mut next = table.first()?.map(|(k, _)| k.value().0.to_string());
-    while let Some(series) = next {
-        next = table
-            .range((series.as_str(), i64::MAX)..)?
-            .find_map(|r| match r {
-                Ok((k, _)) if k.value().0 != series => Some(Ok(k.value().0.to_string())),
-                Ok(_) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .transpose()?;
-        keys.push(series);
-    }
-    Ok(keys)
-}
-
 /// Every series with stored history.
 pub fn series(tx: &ReadTransaction) -> Result<Vec<String>, StoreError> {
-    series_keys_in(&tx.open_table(METRIC_SNAPSHOTS)?)
+    MetricsRead::open(tx)?.series_keys()
 }
 
 /// Up to `limit` intervals of `series` starting in `[since_ms, until_ms)`, oldest first.
@@ -100,21 +73,7 @@ pub fn query(
     until_ms: Millis,
     limit: usize,
 ) -> Result<Vec<StoredInterval>, StoreError> {
-    let table = tx.open_table(METRIC_SNAPSHOTS)?;
-    let mut out = Vec::new();
-    for row in table
-        .range((series, since_ms)..(series, until_ms))?
-        .take(limit)
-    {
-        let (k, v) = row?;
-        let (s, start) = k.value();
-        out.push(codec::decode(
-            METRIC_SNAPSHOTS.name(),
-            format!("{s}@{start}"),
-            v.value(),
-        )?);
-    }
-    Ok(out)
+    MetricsRead::open(tx)?.intervals(series, since_ms, until_ms, limit)
 }
 
 /// Persists interval snapshots on a schedule and prunes expired ones.
