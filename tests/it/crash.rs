@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{KeelProcess, Resp, run_keel};
+use crate::support::{KeelProcess, Rng, agent, call, run_keel, send};
 
 /// Kill/restart rounds on one data dir.
 const ROUNDS: u64 = 20;
@@ -18,79 +18,6 @@ const WRITERS: usize = 8;
 const REVOKE_EVERY: usize = 4;
 /// Tokens of earlier acknowledged keys re-checked after each restart (besides each writer's last).
 const TOKEN_SAMPLE: usize = 8;
-
-/// splitmix64: a small deterministic PRNG, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `lo..=hi`.
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-/// An HTTP agent that keeps connections alive (one per writer thread).
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .proxy(None)
-        .build()
-        .into()
-}
-
-/// Like `support::request`, but a transport error (refused, reset, cut-off answer) is an `Err`
-/// instead of a panic: after a SIGKILL that is what in-flight requests get.
-fn send(
-    agent: &ureq::Agent,
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<&Value>,
-) -> Result<Resp, String> {
-    let url = format!("{base}{path}");
-    let mut builder = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("authorization", format!("Bearer {key}"));
-    let bytes = match body {
-        Some(v) => {
-            builder = builder.header("content-type", "application/json");
-            serde_json::to_vec(v).expect("JSON body")
-        }
-        None => Vec::new(),
-    };
-    let request = builder.body(bytes).map_err(|e| e.to_string())?;
-    let mut response = agent
-        .run(request)
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024 * 1024)
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
-    Ok(Resp {
-        status,
-        body,
-        headers: Vec::new(),
-    })
-}
-
-/// A request to a server that must be up: any transport error fails the test.
-fn call(agent: &ureq::Agent, base: &str, method: &str, path: &str, key: &str) -> Resp {
-    send(agent, base, method, path, key, None).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A key whose creation was answered 201.
 #[derive(Debug, Clone)]
@@ -392,17 +319,7 @@ fn spawn(dir: &std::path::Path) -> KeelProcess {
 /// offline `keel audit verify`.
 #[test]
 fn sigkill_under_concurrent_writes_loses_no_acknowledged_write() {
-    let seed = std::env::var("CRASH_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64
-        });
-    println!("crash test seed {seed} (replay with CRASH_TEST_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::for_test("sigkill_under_concurrent_writes_loses_no_acknowledged_write");
     let dir = tempfile::tempdir().expect("temp dir");
 
     let mut proc = spawn(dir.path());

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::cycles::{STAGES, write_profiles};
 use crate::receiver::Receiver;
-use crate::support::{KeelProcess, Resp, poll_until};
+use crate::support::{KeelProcess, Rng, agent, poll_until, send};
 
 /// Standard Webhooks secret of the `backup` endpoint.
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -35,51 +35,6 @@ const RANDOM_CYCLES: usize = 4;
 /// SIGKILLs from outside in that phase.
 const RANDOM_KILLS: usize = 5;
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .proxy(None)
-        .build()
-        .into()
-}
-
-/// A request whose transport errors (the process died under it) are an `Err`.
-fn send(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<&Value>,
-) -> Result<Resp, String> {
-    let url = format!("{base}{path}");
-    let mut builder = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("authorization", format!("Bearer {key}"));
-    let bytes = match body {
-        Some(v) => {
-            builder = builder.header("content-type", "application/json");
-            serde_json::to_vec(v).unwrap()
-        }
-        None => Vec::new(),
-    };
-    let request = builder.body(bytes).map_err(|e| e.to_string())?;
-    let mut response = agent()
-        .run(request)
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    Ok(Resp {
-        status,
-        body,
-        headers: Vec::new(),
-    })
-}
-
 fn spawn(data: &std::path::Path, toml: &std::path::Path, crash_at: Option<&str>) -> KeelProcess {
     let mut env = vec![("KEEL_CONFIG", toml.to_str().unwrap())];
     if let Some(point) = crash_at {
@@ -91,6 +46,7 @@ fn spawn(data: &std::path::Path, toml: &std::path::Path, crash_at: Option<&str>)
 /// Triggers run profile r1 at `slot`; the answer may be lost when the process dies.
 fn trigger(base: &str, key: &str, slot: &str) -> Result<(u16, Value), String> {
     let r = send(
+        &agent(),
         base,
         "POST",
         "/api/v1/cycles/trigger",
@@ -117,7 +73,15 @@ fn wait_exit(proc: &mut KeelProcess) -> std::process::ExitStatus {
 }
 
 fn cycle_detail(base: &str, key: &str, id: &str) -> Value {
-    let r = send(base, "GET", &format!("/api/v1/cycles/{id}"), key, None).unwrap();
+    let r = send(
+        &agent(),
+        base,
+        "GET",
+        &format!("/api/v1/cycles/{id}"),
+        key,
+        None,
+    )
+    .unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -163,6 +127,7 @@ fn check_cycle(detail: &Value) {
 /// Tasks of a type, counted per id.
 fn tasks_of(base: &str, key: &str, task_type: &str) -> HashMap<String, String> {
     let r = send(
+        &agent(),
         base,
         "GET",
         &format!("/api/v1/tasks?type={task_type}&limit=1000"),
@@ -279,6 +244,7 @@ program = "/bin/cat"
         )
         .unwrap_or_else(|log| panic!("keel did not start:\n{log}"));
         let r = send(
+            &agent(),
             &paused.base,
             "GET",
             "/api/v1/cycles/recent?limit=100",
@@ -322,17 +288,8 @@ program = "/bin/cat"
     }
 
     // SIGKILL from outside at random moments while several cycles run.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    println!("cycles crash test seed {seed}");
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng =
+        Rng::for_test("cycles_resume_at_their_last_checkpoint_after_sigkill_at_named_points");
     let mut proc = spawn(&data, &toml, None);
     let mut random_ids = Vec::new();
     for n in 0..RANDOM_CYCLES {
@@ -340,7 +297,7 @@ program = "/bin/cat"
         random_ids.push(v["cycle_run_id"].as_str().unwrap().to_string());
     }
     for _ in 0..RANDOM_KILLS {
-        std::thread::sleep(Duration::from_millis(5 + next() % 60));
+        std::thread::sleep(Duration::from_millis(rng.between(5, 64)));
         proc.kill9();
         proc = spawn(&data, &toml, None);
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::receiver::Receiver;
-use crate::support::{KeelProcess, Resp, poll_until};
+use crate::support::{KeelProcess, Rng, agent, call, poll_until, send};
 
 /// Tasks submitted in all.
 const TASKS: usize = 2_000;
@@ -24,76 +24,6 @@ const MIN_KILLS: usize = 20;
 const MIN_KILLS_WHILE_DELIVERING: usize = 3;
 /// Standard Webhooks secret of the handler.
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-/// splitmix64: a small deterministic PRNG, so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn between(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .proxy(None)
-        .build()
-        .into()
-}
-
-/// A request whose transport errors (refused, reset, cut off by a kill) are an `Err`.
-fn send(
-    agent: &ureq::Agent,
-    base: &str,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<&Value>,
-) -> Result<Resp, String> {
-    let url = format!("{base}{path}");
-    let mut builder = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("authorization", format!("Bearer {key}"));
-    let bytes = match body {
-        Some(v) => {
-            builder = builder.header("content-type", "application/json");
-            serde_json::to_vec(v).expect("JSON body")
-        }
-        None => Vec::new(),
-    };
-    let request = builder.body(bytes).map_err(|e| e.to_string())?;
-    let mut response = agent
-        .run(request)
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024 * 1024)
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
-    Ok(Resp {
-        status,
-        body,
-        headers: Vec::new(),
-    })
-}
-
-/// A request to a server that must be up.
-fn call(agent: &ureq::Agent, base: &str, method: &str, path: &str, key: &str) -> Resp {
-    send(agent, base, method, path, key, None).unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn idempotency_key(i: usize) -> String {
     format!("crash-task-{i}")
@@ -199,17 +129,8 @@ fn list_ids(
 /// name their tasks.
 #[test]
 fn sigkill_during_submission_and_delivery_loses_and_duplicates_no_task() {
-    let seed = std::env::var("CRASH_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock after 1970")
-                .as_nanos() as u64
-        });
-    println!("queue crash test seed {seed} (replay with CRASH_TEST_SEED={seed})");
-    let mut rng = Rng(seed);
+    let mut rng =
+        Rng::for_test("sigkill_during_submission_and_delivery_loses_and_duplicates_no_task");
 
     let receiver = Receiver::start_deduplicating();
     let dir = tempfile::tempdir().expect("temp dir");

@@ -1,5 +1,7 @@
 //! Test harness: `TestApp` runs the real app in-process on 127.0.0.1:0 with a manual clock;
-//! `KeelProcess` runs the real binary; `Resp` is an HTTP answer.
+//! `KeelProcess` runs the real binary; `Resp` is an HTTP answer; `send` is a request whose
+//! transport errors are values (for servers that get killed); `Rng` is the one seeded PRNG of
+//! the randomized tests, whose seed is printed when a test using it fails.
 
 #![allow(dead_code)]
 
@@ -49,7 +51,64 @@ impl Resp {
     }
 }
 
-fn agent() -> ureq::Agent {
+/// splitmix64: the deterministic PRNG of the randomized tests. The seed comes from
+/// `KEEL_TEST_SEED` (to replay a failure) or is the fixed default; a test that panics while it
+/// holds the generator prints the seed and how to replay it.
+pub struct Rng {
+    state: u64,
+    seed: u64,
+    test: &'static str,
+}
+
+/// The seed used when `KEEL_TEST_SEED` is not set.
+pub const DEFAULT_SEED: u64 = 0x6b65_656c_5eed;
+
+impl Rng {
+    /// The generator of the test named `test`.
+    pub fn for_test(test: &'static str) -> Rng {
+        let seed = match std::env::var("KEEL_TEST_SEED") {
+            Ok(v) => v
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("KEEL_TEST_SEED={v} is not a number")),
+            Err(_) => DEFAULT_SEED,
+        };
+        println!("{test}: seed {seed}");
+        Rng {
+            state: seed,
+            seed,
+            test,
+        }
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+impl Drop for Rng {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed with seed {}: replay with KEEL_TEST_SEED={} cargo test {}",
+                self.test, self.seed, self.seed, self.test
+            );
+        }
+    }
+}
+
+/// An HTTP agent that keeps connections alive, with every answer's status as a value.
+pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(60)))
@@ -97,6 +156,51 @@ pub fn request(
         body,
         headers,
     }
+}
+
+/// A JSON request with a bearer key whose transport errors (refused, reset, cut off by a kill)
+/// are an `Err` instead of a panic: after a SIGKILL that is what in-flight requests get.
+pub fn send(
+    agent: &ureq::Agent,
+    base: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&Value>,
+) -> Result<Resp, String> {
+    let url = format!("{base}{path}");
+    let mut builder = ureq::http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("authorization", format!("Bearer {key}"));
+    let bytes = match body {
+        Some(v) => {
+            builder = builder.header("content-type", "application/json");
+            serde_json::to_vec(v).expect("JSON body")
+        }
+        None => Vec::new(),
+    };
+    let request = builder.body(bytes).map_err(|e| e.to_string())?;
+    let mut response = agent
+        .run(request)
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .map_err(|e| format!("{method} {url}: reading the answer: {e}"))?;
+    Ok(Resp {
+        status,
+        body,
+        headers: Vec::new(),
+    })
+}
+
+/// A request to a server that must be up: any transport error fails the test.
+pub fn call(agent: &ureq::Agent, base: &str, method: &str, path: &str, key: &str) -> Resp {
+    send(agent, base, method, path, key, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The real app, in-process, on 127.0.0.1:0, with a manual clock and a temporary data dir.
