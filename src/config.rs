@@ -14,6 +14,23 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{CronLine, CronSchedule, Timezone};
+use crate::template::{Placeholder, template_placeholders};
+
+/// Names of things in the configuration and in requests.
+pub mod names {
+    /// Whether `name` is a valid id, namespace or key: 1 to 64 letters, digits, `-`, `_`, `.`,
+    /// starting with a letter or digit.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    }
+}
+
 /// The default configuration file, embedded in the binary (installed as `/etc/keel/keel.toml`).
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../packaging/keel.toml");
 
@@ -681,11 +698,11 @@ pub struct CyclesConfig {
     pub profiles_dir: PathBuf,
     /// Cron schedule of raw cycles (seconds first; the classic 5-field form is accepted);
     /// empty: off.
-    pub schedule: String,
+    pub schedule: CronLine,
     /// Cron schedule running every enabled run profile; empty: off.
-    pub run_profile_schedule: String,
+    pub run_profile_schedule: CronLine,
     /// IANA timezone the schedules are read in.
-    pub timezone: String,
+    pub timezone: Timezone,
     /// Namespace of raw cycles (those not started from a run profile).
     pub default_namespace: String,
     /// Dispatch endpoints raw cycles deliver to.
@@ -700,14 +717,26 @@ impl Default for CyclesConfig {
     fn default() -> Self {
         Self {
             profiles_dir: PathBuf::new(),
-            schedule: "0 0 0,12 * * *".to_owned(),
-            run_profile_schedule: String::new(),
-            timezone: "UTC".to_owned(),
+            schedule: CronLine::parse("0 0 0,12 * * *"),
+            run_profile_schedule: CronLine::off(),
+            timezone: Timezone::parse("UTC"),
             default_namespace: "default".to_owned(),
             default_targets: Vec::new(),
             normalization_batch_size: 100,
             normalizer: String::new(),
         }
+    }
+}
+
+impl CyclesConfig {
+    /// The schedule of raw cycles in the configured timezone; `None` when off.
+    pub fn raw_schedule(&self) -> Result<Option<CronSchedule>, String> {
+        self.schedule.in_zone(&self.timezone)
+    }
+
+    /// The schedule of run profiles in the configured timezone; `None` when off.
+    pub fn run_profiles_schedule(&self) -> Result<Option<CronSchedule>, String> {
+        self.run_profile_schedule.in_zone(&self.timezone)
     }
 }
 
@@ -1090,18 +1119,14 @@ impl Config {
 
     fn validate_cycles(&self) -> Result<(), ConfigError> {
         let c = &self.cycles;
-        crate::cycles::schedule::parse_timezone(&c.timezone)
-            .map_err(|e| invalid("cycles.timezone", e))?;
-        for (key, expr) in [
+        c.timezone.tz().map_err(|e| invalid("cycles.timezone", e))?;
+        for (key, line) in [
             ("cycles.schedule", &c.schedule),
             ("cycles.run_profile_schedule", &c.run_profile_schedule),
         ] {
-            if !expr.trim().is_empty() {
-                crate::cycles::schedule::CronSchedule::parse(expr, &c.timezone)
-                    .map_err(|e| invalid(key, e))?;
-            }
+            line.in_zone(&c.timezone).map_err(|e| invalid(key, e))?;
         }
-        if !crate::cycles::valid_name(&c.default_namespace) {
+        if !names::valid_name(&c.default_namespace) {
             return Err(invalid(
                 "cycles.default_namespace",
                 "a namespace is 1 to 64 letters, digits, '-', '_' or '.'",
@@ -1142,7 +1167,7 @@ impl Config {
         )?;
         for (name, e) in &self.dispatch.endpoints {
             let key = |field: &str| format!("dispatch.endpoints.{name}.{field}");
-            if !crate::cycles::valid_name(name) {
+            if !names::valid_name(name) {
                 return Err(invalid(
                     &format!("dispatch.endpoints.{name}"),
                     "an endpoint key is 1 to 64 letters, digits, '-', '_' or '.'",
@@ -1478,10 +1503,10 @@ impl Config {
                 Some(_) => {}
             }
             if let Some(template) = &step.payload {
-                let holes = crate::exec::workflow::template_placeholders(template)
+                let holes = template_placeholders(template)
                     .map_err(|why| invalid(&step_key("payload"), why))?;
                 for hole in holes {
-                    if let crate::exec::workflow::Placeholder::StepResult(step_name) = hole
+                    if let Placeholder::StepResult(step_name) = hole
                         && !earlier.contains(&step_name.as_str())
                     {
                         return Err(invalid(

@@ -14,7 +14,6 @@ pub mod advice;
 pub mod model;
 pub mod profiles;
 mod runner;
-pub mod schedule;
 pub mod telemetry;
 
 use std::collections::{BTreeMap, HashSet};
@@ -33,6 +32,7 @@ use crate::audit::{Audit, Event, SYSTEM_ACTOR};
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::queue::{Queue, QueueError, Task};
+use crate::schedule::CronSchedule;
 use crate::store::codec;
 use crate::store::tables::cycles::{
     CYCLE_CHECKPOINTS, CYCLE_DISPATCHES, CYCLE_INITIATIONS, CYCLE_RUNS, CYCLE_SCHEDULES,
@@ -46,7 +46,6 @@ use model::{
     LedgerEntry, ProfileVersion, Stage, TelemetryEvent,
 };
 use profiles::{ConfigIssues, Profile, ProfileSet, RunProfile, State};
-use schedule::CronSchedule;
 
 /// The environment variable naming a crash point, for crash tests only: `<stage>` kills the
 /// process right after that stage's checkpoint is durable, `before:<stage>` right before its
@@ -61,16 +60,7 @@ pub const DISPATCH_TASK_TYPE: &str = "cycle-dispatch";
 const RAW_SCHEDULE: &str = "cycles";
 const RUN_PROFILE_SCHEDULE: &str = "run_profiles";
 
-/// Whether `name` is a valid id, namespace or key: 1 to 64 letters, digits, `-`, `_`, `.`,
-/// starting with a letter or digit.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-}
+pub use crate::config::names::valid_name;
 
 /// Errors of the cycles room.
 #[derive(Debug, thiserror::Error)]
@@ -311,14 +301,11 @@ impl Cycles {
         set: ProfileSet,
         crash_at: Option<String>,
     ) -> Result<Arc<Cycles>, CyclesError> {
-        let parse = |expr: &str| {
-            (!expr.trim().is_empty())
-                .then(|| CronSchedule::parse(expr, &config.cycles.timezone))
-                .transpose()
-                .map_err(CyclesError::Invalid)
-        };
-        let raw_schedule = parse(&config.cycles.schedule)?;
-        let run_profile_schedule = parse(&config.cycles.run_profile_schedule)?;
+        let raw_schedule = config.cycles.raw_schedule().map_err(CyclesError::Invalid)?;
+        let run_profile_schedule = config
+            .cycles
+            .run_profiles_schedule()
+            .map_err(CyclesError::Invalid)?;
         let cycles = Arc::new(Cycles {
             store,
             audit,

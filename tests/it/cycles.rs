@@ -61,7 +61,7 @@ fn endpoint(url: &str, token: Option<&str>) -> keel::config::DispatchEndpointCon
 /// Profiles dir in its own temp dir, cron schedules off, fast retries.
 fn base(c: &mut Config, profiles: &Path) {
     c.cycles.profiles_dir = profiles.to_path_buf();
-    c.cycles.schedule = String::new();
+    c.cycles.schedule = String::new().into();
     c.queue.backoff_base_ms = 10;
     c.queue.backoff_max_seconds = 1;
 }
@@ -920,7 +920,7 @@ fn proposals_change_profiles_only_with_both_autonomy_switches() {
 fn telemetry_past_retention_is_archived_then_pruned() {
     for archive in [true, false] {
         let app = TestApp::start_with(|c| {
-            c.cycles.schedule = String::new();
+            c.cycles.schedule = String::new().into();
             c.telemetry.retention_days = 30;
             c.telemetry.cold_archive = archive;
         });
