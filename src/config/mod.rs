@@ -63,7 +63,8 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/keel.toml");
 /// Environment variable naming the config file when no file is given on the command line.
 pub const CONFIG_ENV: &str = "KEEL_CONFIG";
 
-/// `KEEL_*` variables that are not config keys (used by the CLI client); they are ignored here.
+/// `KEEL_*` variables that are not config keys (the CLI client's, and `KEEL_CRASH_AT`, the crash
+/// point of builds with test hooks, which other builds ignore); they are ignored here.
 pub const RESERVED_ENV: &[&str] = &[
     "KEEL_CONFIG",
     "KEEL_API_KEY",

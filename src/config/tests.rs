@@ -313,6 +313,7 @@ fn reserved_and_foreign_vars_are_ignored() {
     let config = Config::load(&with_env(&[
         ("KEEL_API_KEY", "kk_secret"),
         ("KEEL_URL", "http://127.0.0.1:8080"),
+        ("KEEL_CRASH_AT", "before:cycle_started"),
         ("KEEL_CONFIG", ""),
         ("PATH", "/usr/bin"),
         ("KEELX", "1"),

@@ -6,6 +6,7 @@
 //! transaction. A runner stops (to be started again by the worker) while cycles are paused or
 //! the cycle's namespace is halted, when a stage fails in a way that may pass, and at shutdown.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,22 +15,58 @@ use redb::{ReadableTable, TableHandle, WriteTransaction};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::ids::{dispatch_task_id, step_task_id};
 use super::model::{CycleRun, CycleStatus, DispatchRecord, LedgerEntry, Stage};
-use super::{
-    CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE, append_ledger, append_record, crash_now,
-    dispatch_task_id, dispatches_read, emit, last_checkpoint_read, save_run, step_task_id,
-    write_checkpoint,
+use super::records::{
+    append_ledger, append_record, dispatches, find_run, last_checkpoint, save_run, write_checkpoint,
 };
+use super::tables::CycleTables;
+use super::telemetry::emit;
+use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
+use crate::events::{Event, Subscription};
 use crate::queue::{HttpTarget, NewTask, QueueError, Status, Task};
 use crate::store::codec;
-use crate::store::tables::cycles::{CYCLE_DISPATCHES, CYCLE_ITEMS, CYCLE_RUNS, CYCLES_ACTIVE};
 
 /// Requests in flight to one dispatch endpoint's host at once.
 const DISPATCH_TARGET_CONCURRENCY: u32 = 8;
-/// Longest pause between two looks at a task a stage waits for.
-const MAX_POLL: Duration = Duration::from_millis(500);
+
+/// How long a stage waiting for tasks waits for news of them on the event bus before it reads
+/// them again anyway: `first`, doubling after each wait that brought no news, up to `max`. The
+/// bus only cuts a wait short; the stage never depends on it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fallback {
+    /// The first wait, and the wait after news.
+    pub(super) first: Duration,
+    /// The longest wait.
+    pub(super) max: Duration,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback {
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Why a wait for tasks ended.
+enum Wake {
+    /// The bus brought news of one of them (or lagged: news may have been missed).
+    News,
+    /// The fallback delay passed.
+    Timeout,
+    /// The runner must stop.
+    Stop,
+}
+
+/// Whether `event` may mean the status of a task in `ids` changed.
+fn is_news_of(event: &Event, ids: &HashSet<Uuid>) -> bool {
+    !matches!(event, Event::TaskLogged { .. })
+        && event.task_id().is_some_and(|id| ids.contains(&id))
+}
 
 /// What a stage did.
 enum Progress {
@@ -69,14 +106,8 @@ impl Cycles {
                 return;
             }
             let state = self
-                .store
-                .read(move |tx| -> Result<_, CyclesError> {
-                    let run = tx
-                        .open_table(CYCLE_RUNS)?
-                        .get(id.as_u128())?
-                        .map(|v| codec::decode::<CycleRun>(CYCLE_RUNS.name(), id, v.value()))
-                        .transpose()?;
-                    Ok((run, last_checkpoint_read(tx, id)?))
+                .read(move |t| -> Result<_, CyclesError> {
+                    Ok((find_run(t, id)?, last_checkpoint(t, id)?))
                 })
                 .await;
             let (run, last) = match state {
@@ -113,7 +144,10 @@ impl Cycles {
                 Stage::CycleStarted | Stage::CycleFailed => return,
             };
             match done {
+                #[cfg(feature = "test-hooks")]
                 Ok(Progress::Done) => self.crash_point(next),
+                #[cfg(not(feature = "test-hooks"))]
+                Ok(Progress::Done) => {}
                 Ok(Progress::Failed) => continue,
                 Ok(Progress::Stopped) => return,
                 Err(CyclesError::Conflict {
@@ -141,7 +175,55 @@ impl Cycles {
         })
     }
 
-    /// Commits `stage`'s checkpoint with `extra` outputs in one transaction.
+    /// Waits until the bus has news of a task in `ids`, `delay` passes, or the runner must
+    /// stop. `news` was subscribed before the tasks were last read, so no news is missed.
+    async fn wait_for_news(
+        &self,
+        news: &mut Subscription,
+        ids: &HashSet<Uuid>,
+        delay: Duration,
+    ) -> Wake {
+        let on_bus = async {
+            if !news.changed(|e| is_news_of(e, ids)).await {
+                // The bus is gone (shutting down): only the fallback is left.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = on_bus => Wake::News,
+            () = tokio::time::sleep(delay) => Wake::Timeout,
+            () = self.stop.cancelled() => Wake::Stop,
+        }
+    }
+
+    /// The next fallback delay after a wait that ended with `wake`.
+    fn next_delay(&self, delay: Duration, wake: &Wake) -> Duration {
+        match wake {
+            Wake::News => self.fallback.first,
+            Wake::Timeout | Wake::Stop => (delay * 2).min(self.fallback.max),
+        }
+    }
+
+    /// Publishes that `stage`'s checkpoint of cycle `id` is stored (and, for a final one, that
+    /// the cycle ended).
+    fn publish_stage(&self, id: Uuid, stage: Stage) {
+        self.events.publish(Event::CycleStageReached {
+            cycle_id: id,
+            stage: stage.as_str().to_string(),
+        });
+        let outcome = match stage {
+            Stage::CycleFinished => "succeeded",
+            Stage::CycleFailed => "failed",
+            _ => return,
+        };
+        self.events.publish(Event::CycleFinished {
+            cycle_id: id,
+            outcome: outcome.to_string(),
+        });
+    }
+
+    /// Commits `stage`'s checkpoint with `extra` outputs in one transaction, then publishes
+    /// it.
     async fn commit<F>(
         &self,
         run: &CycleRun,
@@ -152,29 +234,40 @@ impl Cycles {
         mut extra: F,
     ) -> Result<(), CyclesError>
     where
-        F: FnMut(&WriteTransaction, &CycleRun, Millis) -> Result<(), CyclesError> + Send + 'static,
+        F: FnMut(
+                &mut CycleTables<'_>,
+                &WriteTransaction,
+                &CycleRun,
+                Millis,
+            ) -> Result<(), CyclesError>
+            + Send
+            + 'static,
     {
         let now = self.clock.now_ms();
+        let id = run.id;
         let run = run.clone();
+        #[cfg(feature = "test-hooks")]
         let crash = self.crash_before(stage);
-        self.store
-            .write(move |tx| -> Result<(), CyclesError> {
-                write_checkpoint(
-                    tx,
-                    &run,
-                    stage,
-                    now,
-                    output.clone(),
-                    webhook_ids.clone(),
-                    detail.clone(),
-                )?;
-                extra(tx, &run, now)?;
-                if crash {
-                    crash_now(&format!("before:{}", stage.as_str()));
-                }
-                Ok(())
-            })
-            .await
+        self.write(move |t, tx| -> Result<(), CyclesError> {
+            write_checkpoint(
+                t,
+                &run,
+                stage,
+                now,
+                output.clone(),
+                webhook_ids.clone(),
+                detail.clone(),
+            )?;
+            extra(t, tx, &run, now)?;
+            #[cfg(feature = "test-hooks")]
+            if crash {
+                super::crash::crash_now(&format!("before:{}", stage.as_str()));
+            }
+            Ok(())
+        })
+        .await?;
+        self.publish_stage(id, stage);
+        Ok(())
     }
 
     /// Ends the cycle as failed.
@@ -187,15 +280,15 @@ impl Cycles {
             None,
             Vec::new(),
             json!({"reason": why}),
-            move |tx, run, now| {
+            move |t, _, run, now| {
                 let mut run = run.clone();
                 run.status = CycleStatus::Failed;
                 run.finished_at = Some(now);
                 run.error = Some(reason.clone());
-                save_run(tx, &run)?;
-                tx.open_table(CYCLES_ACTIVE)?.remove(run.id.as_u128())?;
+                save_run(t, &run)?;
+                t.active.remove(run.id.as_u128())?;
                 emit(
-                    tx,
+                    t,
                     now,
                     "cycle_failed",
                     run.profile_id.as_deref(),
@@ -239,7 +332,7 @@ impl Cycles {
             Some(object.to_string()),
             Vec::new(),
             json!({"initiation_hash": run.initiation_hash}),
-            |_, _, _| Ok(()),
+            |_, _, _, _| Ok(()),
         )
         .await?;
         Ok(Progress::Done)
@@ -295,7 +388,7 @@ impl Cycles {
             Some(payload.to_string()),
             Vec::new(),
             json!({"steps": tasks}),
-            |_, _, _| Ok(()),
+            |_, _, _, _| Ok(()),
         )
         .await?;
         Ok(Progress::Done)
@@ -354,12 +447,11 @@ impl Cycles {
             Vec::new(),
             json!({"items": count, "batches": batches,
                    "processor": if normalizer.is_empty() { "pass-through" } else { normalizer.as_str() }}),
-            move |tx, run, _| {
-                let mut table = tx.open_table(CYCLE_ITEMS)?;
+            move |t, _, run, _| {
                 for (i, text) in texts.iter().enumerate() {
                     let key = (run.id.as_u128(), i as u32);
-                    if table.get(key)?.is_none() {
-                        table.insert(key, text.as_str())?;
+                    if t.items.get(key)?.is_none() {
+                        t.items.insert(key, text.as_str())?;
                     }
                 }
                 Ok(())
@@ -376,11 +468,12 @@ impl Cycles {
         let ctx = Self::context(run)?;
         let id = run.id;
         let items: Vec<Value> = self
-            .store
-            .read(move |tx| -> Result<Vec<Value>, CyclesError> {
-                let table = tx.open_table(CYCLE_ITEMS)?;
+            .read(move |t| -> Result<Vec<Value>, CyclesError> {
                 let mut items = Vec::new();
-                for row in table.range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))? {
+                for row in t
+                    .items
+                    .range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))?
+                {
                     items.push(serde_json::from_str(row?.1.value()).unwrap_or(Value::Null));
                 }
                 Ok(items)
@@ -452,7 +545,7 @@ impl Cycles {
             None,
             webhook_ids,
             detail,
-            move |tx, run, now| {
+            move |t, tx, run, now| {
                 for (target, endpoint, task) in &prepared {
                     let enqueued = queue.insert_prepared(tx, task)?;
                     let record = DispatchRecord {
@@ -476,10 +569,10 @@ impl Cycles {
                         latency_ms: None,
                         attempts: 0,
                     };
-                    let mut table = tx.open_table(CYCLE_DISPATCHES)?;
                     let key = (run.id.as_u128(), endpoint.as_str());
-                    if table.get(key)?.is_none() {
-                        table.insert(key, codec::encode(&record).as_slice())?;
+                    if t.dispatches.get(key)?.is_none() {
+                        t.dispatches
+                            .insert(key, codec::encode(&record).as_slice())?;
                     }
                 }
                 Ok(())
@@ -494,11 +587,13 @@ impl Cycles {
     /// `delivery_confirmed` or `delivery_failed`) as it is seen; then checkpoints.
     async fn dispatch_complete(&self, run: &CycleRun) -> Result<Progress, CyclesError> {
         let id = run.id;
-        let mut delay = Duration::from_millis(10);
+        let mut delay = self.fallback.first;
+        let mut news = self.events.subscribe();
         loop {
-            let records = self.store.read(move |tx| dispatches_read(tx, id)).await?;
+            let records = self.read(move |t| dispatches(t, id)).await?;
             let pending: Vec<&DispatchRecord> =
                 records.iter().filter(|d| d.outcome.is_none()).collect();
+            let waiting_for: HashSet<Uuid> = pending.iter().map(|d| d.task_id).collect();
             if pending.is_empty() {
                 let delivered = records
                     .iter()
@@ -510,7 +605,7 @@ impl Cycles {
                     None,
                     Vec::new(),
                     json!({"delivered": delivered, "failed": records.len() - delivered}),
-                    |_, _, _| Ok(()),
+                    |_, _, _, _| Ok(()),
                 )
                 .await?;
                 return Ok(Progress::Done);
@@ -533,17 +628,17 @@ impl Cycles {
                 }
             }
             if progressed {
-                delay = Duration::from_millis(10);
+                delay = self.fallback.first;
                 continue;
             }
             if self.stop.is_cancelled() || (self.draining.load(Ordering::SeqCst) && !any_running) {
                 return Ok(Progress::Stopped);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Ok(Progress::Stopped),
+            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            if let Wake::Stop = wake {
+                return Ok(Progress::Stopped);
             }
-            delay = (delay * 2).min(MAX_POLL);
+            delay = self.next_delay(delay, &wake);
         }
     }
 
@@ -556,86 +651,85 @@ impl Cycles {
     ) -> Result<(), CyclesError> {
         let now = self.clock.now_ms();
         let run = run.clone();
-        self.store
-            .write(move |tx| -> Result<(), CyclesError> {
-                let key = (run.id.as_u128(), endpoint.as_str());
-                let mut table = tx.open_table(CYCLE_DISPATCHES)?;
-                let Some(mut record) = table
-                    .get(key)?
-                    .map(|v| {
-                        codec::decode::<DispatchRecord>(
-                            CYCLE_DISPATCHES.name(),
-                            format!("{}/{endpoint}", run.id),
-                            v.value(),
-                        )
-                    })
-                    .transpose()?
-                else {
-                    return Ok(());
-                };
-                if record.outcome.is_some() {
-                    return Ok(());
-                }
-                let (outcome, error) = match &task {
-                    Some(t) if t.status == Status::Succeeded => ("delivered", None),
-                    Some(t) => (
-                        if t.status == Status::Dead {
-                            "dead"
-                        } else {
-                            "cancelled"
-                        },
-                        t.attempts.last().and_then(|a| {
-                            a.error_class.clone().map(|c| {
-                                format!("{c}: {}", a.error_message.clone().unwrap_or_default())
-                            })
-                        }),
-                    ),
-                    None => ("missing", Some("the dispatch task no longer exists".into())),
-                };
-                let receipt = task
-                    .as_ref()
-                    .and_then(|t| t.attempts.iter().rev().find_map(|a| a.receipt.clone()));
-                record.outcome = Some(outcome.to_string());
-                record.finished_at = Some(now);
-                record.status = receipt.as_ref().and_then(|r| r.status);
-                record.latency_ms = receipt.as_ref().map(|r| r.latency_ms);
-                record.attempts = task.as_ref().map_or(0, Task::counted_attempts);
-                table.insert(key, codec::encode(&record).as_slice())?;
-                drop(table);
-                let detail = json!({
-                    "target": record.target, "endpoint": record.endpoint,
-                    "task_id": record.task_id, "webhook_id": record.webhook_id,
-                    "status": record.status, "latency_ms": record.latency_ms,
-                    "attempts": record.attempts, "error": error,
-                    "run_profile_id": run.run_profile_id,
-                });
-                append_record(
-                    tx,
-                    now,
-                    Some(run.id),
-                    run.run_profile_id.as_deref(),
-                    run.profile_id.as_deref(),
-                    &run.namespace,
-                    "dispatch",
-                    "delivery",
-                    outcome,
-                    detail.clone(),
-                )?;
-                emit(
-                    tx,
-                    now,
-                    if outcome == "delivered" {
-                        "delivery_confirmed"
+        self.write(move |t, _| -> Result<(), CyclesError> {
+            let key = (run.id.as_u128(), endpoint.as_str());
+            let Some(mut record) = t
+                .dispatches
+                .get(key)?
+                .map(|v| {
+                    codec::decode::<DispatchRecord>(
+                        t.dispatches.name(),
+                        format!("{}/{endpoint}", run.id),
+                        v.value(),
+                    )
+                })
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            if record.outcome.is_some() {
+                return Ok(());
+            }
+            let (outcome, error) = match &task {
+                Some(t) if t.status == Status::Succeeded => ("delivered", None),
+                Some(t) => (
+                    if t.status == Status::Dead {
+                        "dead"
                     } else {
-                        "delivery_failed"
+                        "cancelled"
                     },
-                    run.profile_id.as_deref(),
-                    Some(run.id),
-                    &run.namespace,
-                    detail,
-                )
-            })
-            .await
+                    t.attempts.last().and_then(|a| {
+                        a.error_class.clone().map(|c| {
+                            format!("{c}: {}", a.error_message.clone().unwrap_or_default())
+                        })
+                    }),
+                ),
+                None => ("missing", Some("the dispatch task no longer exists".into())),
+            };
+            let receipt = task
+                .as_ref()
+                .and_then(|t| t.attempts.iter().rev().find_map(|a| a.receipt.clone()));
+            record.outcome = Some(outcome.to_string());
+            record.finished_at = Some(now);
+            record.status = receipt.as_ref().and_then(|r| r.status);
+            record.latency_ms = receipt.as_ref().map(|r| r.latency_ms);
+            record.attempts = task.as_ref().map_or(0, Task::counted_attempts);
+            t.dispatches
+                .insert(key, codec::encode(&record).as_slice())?;
+            let detail = json!({
+                "target": record.target, "endpoint": record.endpoint,
+                "task_id": record.task_id, "webhook_id": record.webhook_id,
+                "status": record.status, "latency_ms": record.latency_ms,
+                "attempts": record.attempts, "error": error,
+                "run_profile_id": run.run_profile_id,
+            });
+            append_record(
+                t,
+                now,
+                Some(run.id),
+                run.run_profile_id.as_deref(),
+                run.profile_id.as_deref(),
+                &run.namespace,
+                "dispatch",
+                "delivery",
+                outcome,
+                detail.clone(),
+            )?;
+            emit(
+                t,
+                now,
+                if outcome == "delivered" {
+                    "delivery_confirmed"
+                } else {
+                    "delivery_failed"
+                },
+                run.profile_id.as_deref(),
+                Some(run.id),
+                &run.namespace,
+                detail,
+            )
+        })
+        .await
     }
 
     /// Ends the cycle: its value ledger entry, status and `cycle_finished` event.
@@ -652,14 +746,14 @@ impl Cycles {
             None,
             Vec::new(),
             json!({}),
-            move |tx, run, now| {
+            move |t, _, run, now| {
                 let mut done = run.clone();
                 done.status = CycleStatus::Finished;
                 done.finished_at = Some(now);
-                save_run(tx, &done)?;
-                tx.open_table(CYCLES_ACTIVE)?.remove(run.id.as_u128())?;
+                save_run(t, &done)?;
+                t.active.remove(run.id.as_u128())?;
                 append_ledger(
-                    tx,
+                    t,
                     &LedgerEntry {
                         id: Uuid::now_v7(),
                         at: now,
@@ -670,15 +764,8 @@ impl Cycles {
                         tags: tags.to_string(),
                     },
                 )?;
-                let dispatches = tx.open_table(CYCLE_DISPATCHES)?;
                 let (mut delivered, mut failed) = (0, 0);
-                for row in dispatches.range((run.id.as_u128(), "")..(run.id.as_u128() + 1, ""))? {
-                    let (k, v) = row?;
-                    let d: DispatchRecord = codec::decode(
-                        CYCLE_DISPATCHES.name(),
-                        format!("{}/{}", run.id, k.value().1),
-                        v.value(),
-                    )?;
+                for d in dispatches(t, run.id)? {
                     if d.outcome.as_deref() == Some("delivered") {
                         delivered += 1;
                     } else {
@@ -686,7 +773,7 @@ impl Cycles {
                     }
                 }
                 emit(
-                    tx,
+                    t,
                     now,
                     "cycle_finished",
                     run.profile_id.as_deref(),
@@ -724,7 +811,9 @@ impl Cycles {
             }
             Err(e) => return Err(e.into()),
         }
-        let mut delay = Duration::from_millis(10);
+        let mut delay = self.fallback.first;
+        let mut news = self.events.subscribe();
+        let waiting_for = HashSet::from([id]);
         loop {
             let task = self.queue.get(id).await?;
             match task.status {
@@ -752,11 +841,11 @@ impl Cycles {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Ok(TaskEnd::Stopped),
+            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            if let Wake::Stop = wake {
+                return Ok(TaskEnd::Stopped);
             }
-            delay = (delay * 2).min(MAX_POLL);
+            delay = self.next_delay(delay, &wake);
         }
     }
 }
