@@ -24,6 +24,7 @@ mod runner;
 mod tables;
 pub mod telemetry;
 mod trigger;
+mod waiting;
 mod workers;
 
 use std::collections::{BTreeMap, HashSet};
@@ -147,7 +148,7 @@ pub struct Cycles {
     stop: CancellationToken,
     draining: AtomicBool,
     /// How long stages waiting for tasks wait before they look again without news.
-    fallback: runner::Fallback,
+    fallback: waiting::Fallback,
     #[cfg(feature = "test-hooks")]
     crash_at: std::sync::OnceLock<String>,
     raw_schedule: Option<CronSchedule>,
@@ -186,7 +187,7 @@ impl Cycles {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             draining: AtomicBool::new(false),
-            fallback: runner::Fallback::default(),
+            fallback: waiting::Fallback::default(),
             #[cfg(feature = "test-hooks")]
             crash_at: std::sync::OnceLock::new(),
             raw_schedule,

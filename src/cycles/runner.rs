@@ -9,7 +9,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redb::{ReadableTable, TableHandle, WriteTransaction};
 use serde_json::{Value, json};
@@ -22,51 +21,16 @@ use super::records::{
 };
 use super::tables::CycleTables;
 use super::telemetry::emit;
+use super::waiting::{TaskEnd, Wake};
 use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
-use crate::events::{Event, Subscription};
+use crate::events::Event;
 use crate::queue::{HttpTarget, NewTask, QueueError, Status, Task};
 use crate::store::codec;
 
 /// Requests in flight to one dispatch endpoint's host at once.
 const DISPATCH_TARGET_CONCURRENCY: u32 = 8;
-
-/// How long a stage waiting for tasks waits for news of them on the event bus before it reads
-/// them again anyway: `first`, doubling after each wait that brought no news, up to `max`. The
-/// bus only cuts a wait short; the stage never depends on it.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Fallback {
-    /// The first wait, and the wait after news.
-    pub(super) first: Duration,
-    /// The longest wait.
-    pub(super) max: Duration,
-}
-
-impl Default for Fallback {
-    fn default() -> Self {
-        Fallback {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(500),
-        }
-    }
-}
-
-/// Why a wait for tasks ended.
-enum Wake {
-    /// The bus brought news of one of them (or lagged: news may have been missed).
-    News,
-    /// The fallback delay passed.
-    Timeout,
-    /// The runner must stop.
-    Stop,
-}
-
-/// Whether `event` may mean the status of a task in `ids` changed.
-fn is_news_of(event: &Event, ids: &HashSet<Uuid>) -> bool {
-    !matches!(event, Event::TaskLogged { .. })
-        && event.task_id().is_some_and(|id| ids.contains(&id))
-}
 
 /// What a stage did.
 enum Progress {
@@ -76,16 +40,6 @@ enum Progress {
     Stopped,
     /// The cycle failed for good instead (its `cycle_failed` checkpoint is written).
     Failed,
-}
-
-/// How a task a stage waited for ended.
-enum TaskEnd {
-    /// Succeeded, with its result.
-    Succeeded(Option<String>),
-    /// Dead or cancelled: the stage cannot go on.
-    Failed(String),
-    /// Not finished, and the runner is stopping.
-    Stopped,
 }
 
 fn parse_output(text: Option<&str>) -> Value {
@@ -173,35 +127,6 @@ impl Cycles {
                 run.id
             ))
         })
-    }
-
-    /// Waits until the bus has news of a task in `ids`, `delay` passes, or the runner must
-    /// stop. `news` was subscribed before the tasks were last read, so no news is missed.
-    async fn wait_for_news(
-        &self,
-        news: &mut Subscription,
-        ids: &HashSet<Uuid>,
-        delay: Duration,
-    ) -> Wake {
-        let on_bus = async {
-            if !news.changed(|e| is_news_of(e, ids)).await {
-                // The bus is gone (shutting down): only the fallback is left.
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::select! {
-            () = on_bus => Wake::News,
-            () = tokio::time::sleep(delay) => Wake::Timeout,
-            () = self.stop.cancelled() => Wake::Stop,
-        }
-    }
-
-    /// The next fallback delay after a wait that ended with `wake`.
-    fn next_delay(&self, delay: Duration, wake: &Wake) -> Duration {
-        match wake {
-            Wake::News => self.fallback.first,
-            Wake::Timeout | Wake::Stop => (delay * 2).min(self.fallback.max),
-        }
     }
 
     /// Publishes that `stage`'s checkpoint of cycle `id` is stored (and, for a final one, that
@@ -787,65 +712,5 @@ impl Cycles {
         )
         .await?;
         Ok(Progress::Done)
-    }
-
-    /// Enqueues task `id` unless it exists (a stage run again after a crash finds it), then
-    /// waits for it to end.
-    async fn run_task(&self, id: Uuid, new: NewTask) -> Result<TaskEnd, CyclesError> {
-        match self.queue.get(id).await {
-            Ok(_) => {}
-            Err(QueueError::NotFound(_)) => {
-                if self.draining.load(Ordering::SeqCst) {
-                    return Ok(TaskEnd::Stopped);
-                }
-                let task = match self.queue.prepare(SYSTEM_ACTOR, id, &new, None) {
-                    Ok(t) => t,
-                    Err(QueueError::Invalid(why)) => return Ok(TaskEnd::Failed(why)),
-                    Err(e) => return Err(e.into()),
-                };
-                let queue = Arc::clone(&self.queue);
-                self.store
-                    .write(move |tx| queue.insert_prepared(tx, &task))
-                    .await?;
-                self.queue.notify();
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let mut delay = self.fallback.first;
-        let mut news = self.events.subscribe();
-        let waiting_for = HashSet::from([id]);
-        loop {
-            let task = self.queue.get(id).await?;
-            match task.status {
-                Status::Succeeded => return Ok(TaskEnd::Succeeded(task.result)),
-                Status::Dead | Status::Cancelled => {
-                    let why = task
-                        .attempts
-                        .last()
-                        .and_then(|a| {
-                            a.error_class.clone().map(|c| {
-                                format!("{c}: {}", a.error_message.clone().unwrap_or_default())
-                            })
-                        })
-                        .unwrap_or_else(|| task.status.as_str().to_string());
-                    return Ok(TaskEnd::Failed(format!(
-                        "task {id} is {}: {why}",
-                        task.status.as_str()
-                    )));
-                }
-                status => {
-                    if self.stop.is_cancelled()
-                        || (self.draining.load(Ordering::SeqCst) && status != Status::Running)
-                    {
-                        return Ok(TaskEnd::Stopped);
-                    }
-                }
-            }
-            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
-            if let Wake::Stop = wake {
-                return Ok(TaskEnd::Stopped);
-            }
-            delay = self.next_delay(delay, &wake);
-        }
     }
 }
