@@ -9,7 +9,7 @@
 //! running a stage again after a crash finds the same tasks instead of making new ones, and a
 //! dispatch delivered twice always carries the same `webhook-id`. Every record a cycle writes
 //! carries its namespace; a cycle never writes another namespace's records. The room's tables
-//! are reached only through the bundle in [`tables`]. Once a checkpoint is durable, the stage
+//! are reached only through the bundle in `tables`. Once a checkpoint is durable, the stage
 //! it records is published on the event bus.
 
 pub mod advice;
