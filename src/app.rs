@@ -214,16 +214,26 @@ impl std::ops::Deref for App {
 impl App {
     /// Opens everything, creates the first admin key if there is none, starts the workers.
     pub async fn start(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
-        Self::start_with(config, clock, None).await
+        let app = Self::open(config, clock).await?;
+        app.start_workers();
+        Ok(app)
     }
 
     /// [`App::start`] with a crash point for crash tests (`KEEL_CRASH_AT`, read only by
     /// `keel serve`; see [`crate::cycles::CRASH_ENV`]).
+    #[cfg(feature = "test-hooks")]
     pub async fn start_with(
         config: Config,
         clock: SharedClock,
         crash_at: Option<String>,
     ) -> Result<Arc<App>, StartError> {
+        let app = Self::open(config, clock).await?;
+        app.cycles.set_crash_point(crash_at);
+        app.start_workers();
+        Ok(app)
+    }
+
+    async fn open(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
         // Invalid profile files refuse the start before any file is touched.
         let profiles = crate::cycles::profiles::load(&config).map_err(CyclesError::from)?;
         let core = Core::open(config, clock)?;
@@ -259,8 +269,8 @@ impl App {
             Arc::clone(&core.clock),
             Arc::clone(&core.config),
             Arc::clone(&core.queue),
+            Arc::clone(&core.events),
             profiles,
-            crash_at,
         )
         .await?;
         let app = Arc::new(App {
@@ -272,7 +282,6 @@ impl App {
             supervisor: Supervisor::new(Arc::clone(&core.clock)),
             core,
         });
-        app.start_workers();
         Ok(app)
     }
 
@@ -438,7 +447,10 @@ impl Worker for CheckpointWorker {
 /// Binds the configured address and serves until SIGTERM/SIGINT, then shuts down in order.
 pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError> {
     let listen = config.server.listen;
+    #[cfg(feature = "test-hooks")]
     let app = App::start_with(config, clock, crate::cycles::crash_point_from_env()).await?;
+    #[cfg(not(feature = "test-hooks"))]
+    let app = App::start(config, clock).await?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {

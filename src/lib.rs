@@ -19,5 +19,7 @@ pub mod http;
 pub mod inbox;
 pub mod metrics;
 pub mod queue;
+pub mod schedule;
 pub mod store;
 pub mod supervisor;
+pub mod template;

@@ -11,12 +11,13 @@ use redb::{ReadableTable, TableHandle};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::model::{Proposal, Signal};
+use super::model::{Proposal, Signal, TelemetryEvent};
 use super::profiles::{self, PROFILES_FILE, RUN_PROFILES_FILE};
-use super::{Cycles, CyclesError, append_record, conflict, emit};
+use super::records::append_record;
+use super::telemetry::emit;
+use super::{Cycles, CyclesError, conflict};
 use crate::audit::Event;
 use crate::store::codec;
-use crate::store::tables::cycles::{PROPOSALS, SIGNALS, TELEMETRY};
 
 /// Success and delivery rates below this are `low_performance`.
 const LOW: f64 = 0.8;
@@ -65,16 +66,15 @@ impl Cycles {
         let min_samples = self.config.telemetry.signal_min_samples;
         let id = profile_id.to_string();
         let (finished, failed, confirmed, undelivered, mut latencies) = self
-            .store
-            .read(move |tx| -> Result<_, CyclesError> {
-                let table = tx.open_table(TELEMETRY)?;
+            .read(move |t| -> Result<_, CyclesError> {
+                let table = &t.telemetry;
                 let (mut finished, mut failed, mut confirmed, mut undelivered) =
                     (0u64, 0u64, 0u64, 0u64);
                 let mut latencies = Vec::new();
                 for row in table.range((from, 0)..)? {
                     let (k, v) = row?;
-                    let e: super::model::TelemetryEvent =
-                        codec::decode(TELEMETRY.name(), format!("{:?}", k.value()), v.value())?;
+                    let e: TelemetryEvent =
+                        codec::decode(table.name(), format!("{:?}", k.value()), v.value())?;
                     if e.profile_id.as_deref() != Some(id.as_str()) {
                         continue;
                     }
@@ -142,28 +142,27 @@ impl Cycles {
         let actor = actor.to_string();
         let stored = record.clone();
         let namespace = "*".to_string();
-        self.store
-            .write(move |tx| -> Result<(), CyclesError> {
-                tx.open_table(SIGNALS)?
-                    .insert(stored.id.as_u128(), codec::encode(&stored).as_slice())?;
-                audit.append(
-                    tx,
-                    now,
-                    &Event::new(actor.clone(), "signal.compute", stored.profile_id.clone())
-                        .with_detail(json!({"signal": stored.signal, "id": stored.id})),
-                )?;
-                emit(
-                    tx,
-                    now,
-                    "signal_computed",
-                    Some(&stored.profile_id),
-                    None,
-                    &namespace,
-                    json!({"signal": stored.signal, "confidence": stored.confidence,
+        self.write(move |t, tx| -> Result<(), CyclesError> {
+            t.signals
+                .insert(stored.id.as_u128(), codec::encode(&stored).as_slice())?;
+            audit.append(
+                tx,
+                now,
+                &Event::new(actor.clone(), "signal.compute", stored.profile_id.clone())
+                    .with_detail(json!({"signal": stored.signal, "id": stored.id})),
+            )?;
+            emit(
+                t,
+                now,
+                "signal_computed",
+                Some(&stored.profile_id),
+                None,
+                &namespace,
+                json!({"signal": stored.signal, "confidence": stored.confidence,
                            "signal_id": stored.id}),
-                )
-            })
-            .await?;
+            )
+        })
+        .await?;
         Ok(record)
     }
 
@@ -175,24 +174,22 @@ impl Cycles {
     ) -> Result<Vec<Signal>, CyclesError> {
         let id = profile_id.to_string();
         let limit = limit.clamp(1, 1000);
-        self.store
-            .read(move |tx| -> Result<Vec<Signal>, CyclesError> {
-                let table = tx.open_table(SIGNALS)?;
-                let mut out = Vec::new();
-                for row in table.iter()?.rev() {
-                    let (k, v) = row?;
-                    let s: Signal =
-                        codec::decode(SIGNALS.name(), Uuid::from_u128(k.value()), v.value())?;
-                    if s.profile_id == id {
-                        out.push(s);
-                        if out.len() == limit {
-                            break;
-                        }
+        self.read(move |t| -> Result<Vec<Signal>, CyclesError> {
+            let table = &t.signals;
+            let mut out = Vec::new();
+            for row in table.iter()?.rev() {
+                let (k, v) = row?;
+                let s: Signal = codec::decode(table.name(), Uuid::from_u128(k.value()), v.value())?;
+                if s.profile_id == id {
+                    out.push(s);
+                    if out.len() == limit {
+                        break;
                     }
                 }
-                Ok(out)
-            })
-            .await
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Makes proposals from the profile's latest signal: `elevated_performance` proposes
@@ -261,19 +258,17 @@ impl Cycles {
         let audit = Arc::clone(&self.audit);
         let namespace = "*".to_string();
         let created = self
-            .store
-            .write(move |tx| -> Result<Proposal, CyclesError> {
-                let mut table = tx.open_table(PROPOSALS)?;
-                for row in table.iter()? {
+            .write(move |t, tx| -> Result<Proposal, CyclesError> {
+                for row in t.proposals.iter()? {
                     let (k, v) = row?;
                     let p: Proposal =
-                        codec::decode(PROPOSALS.name(), Uuid::from_u128(k.value()), v.value())?;
+                        codec::decode(t.proposals.name(), Uuid::from_u128(k.value()), v.value())?;
                     if p.signal_id == proposal.signal_id && p.kind == proposal.kind {
                         return Ok(p);
                     }
                 }
-                table.insert(proposal.id.as_u128(), codec::encode(&proposal).as_slice())?;
-                drop(table);
+                t.proposals
+                    .insert(proposal.id.as_u128(), codec::encode(&proposal).as_slice())?;
                 audit.append(
                     tx,
                     now,
@@ -288,7 +283,7 @@ impl Cycles {
                     ),
                 )?;
                 emit(
-                    tx,
+                    t,
                     now,
                     "strategy_proposed",
                     Some(&proposal.profile_id),
@@ -309,38 +304,35 @@ impl Cycles {
         limit: usize,
     ) -> Result<Vec<Proposal>, CyclesError> {
         let limit = limit.clamp(1, 1000);
-        self.store
-            .read(move |tx| -> Result<Vec<Proposal>, CyclesError> {
-                let table = tx.open_table(PROPOSALS)?;
-                let mut out = Vec::new();
-                for row in table.iter()?.rev() {
-                    let (k, v) = row?;
-                    let p: Proposal =
-                        codec::decode(PROPOSALS.name(), Uuid::from_u128(k.value()), v.value())?;
-                    if profile_id.as_ref().is_none_or(|id| p.profile_id == *id) {
-                        out.push(p);
-                        if out.len() == limit {
-                            break;
-                        }
+        self.read(move |t| -> Result<Vec<Proposal>, CyclesError> {
+            let table = &t.proposals;
+            let mut out = Vec::new();
+            for row in table.iter()?.rev() {
+                let (k, v) = row?;
+                let p: Proposal =
+                    codec::decode(table.name(), Uuid::from_u128(k.value()), v.value())?;
+                if profile_id.as_ref().is_none_or(|id| p.profile_id == *id) {
+                    out.push(p);
+                    if out.len() == limit {
+                        break;
                     }
                 }
-                Ok(out)
-            })
-            .await
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn load_proposal(&self, id: Uuid) -> Result<Proposal, CyclesError> {
-        self.store
-            .read(move |tx| -> Result<Proposal, CyclesError> {
-                tx.open_table(PROPOSALS)?
-                    .get(id.as_u128())?
-                    .map(|v| codec::decode::<Proposal>(PROPOSALS.name(), id, v.value()))
-                    .transpose()?
-                    .ok_or_else(|| {
-                        CyclesError::NotFound(format!("no strategy proposal with id {id}"))
-                    })
-            })
-            .await
+        self.read(move |t| -> Result<Proposal, CyclesError> {
+            let table = &t.proposals;
+            table
+                .get(id.as_u128())?
+                .map(|v| codec::decode::<Proposal>(table.name(), id, v.value()))
+                .transpose()?
+                .ok_or_else(|| CyclesError::NotFound(format!("no strategy proposal with id {id}")))
+        })
+        .await
     }
 
     /// Rejects a pending proposal (audited).
@@ -467,63 +459,62 @@ impl Cycles {
         let audit = Arc::clone(&self.audit);
         let actor = actor.to_string();
         let namespace = "*".to_string();
-        self.store
-            .write(move |tx| -> Result<Proposal, CyclesError> {
-                let mut table = tx.open_table(PROPOSALS)?;
-                let mut p = table
-                    .get(id.as_u128())?
-                    .map(|v| codec::decode::<Proposal>(PROPOSALS.name(), id, v.value()))
-                    .transpose()?
-                    .ok_or_else(|| {
-                        CyclesError::NotFound(format!("no strategy proposal with id {id}"))
-                    })?;
-                if p.status != "pending" {
-                    return Err(conflict(
-                        "proposal_decided",
-                        format!("proposal {id} is already {}", p.status),
-                    ));
-                }
-                p.status = status.to_string();
-                p.decided_by = Some(actor.clone());
-                p.decided_at = Some(now);
-                p.outcome = Some(outcome.clone());
-                table.insert(id.as_u128(), codec::encode(&p).as_slice())?;
-                drop(table);
-                audit.append(
-                    tx,
-                    now,
-                    &Event::new(actor.clone(), action, id.to_string()).with_detail(json!({
-                        "profile_id": p.profile_id, "kind": p.kind, "status": p.status,
-                        "outcome": outcome,
-                    })),
-                )?;
-                append_record(
-                    tx,
-                    now,
-                    None,
-                    None,
-                    Some(&p.profile_id),
-                    &namespace,
-                    "autonomy",
-                    action,
-                    record_outcome,
-                    json!({"proposal_id": id, "outcome": outcome}),
-                )?;
-                emit(
-                    tx,
-                    now,
-                    match record_outcome {
-                        "applied" => "profile_mutated",
-                        "skipped" => "autonomy_skipped",
-                        _ => "proposal_rejected",
-                    },
-                    Some(&p.profile_id),
-                    None,
-                    &namespace,
-                    json!({"proposal_id": id, "outcome": outcome, "by": actor}),
-                )?;
-                Ok(p)
-            })
-            .await
+        self.write(move |t, tx| -> Result<Proposal, CyclesError> {
+            let mut p = t
+                .proposals
+                .get(id.as_u128())?
+                .map(|v| codec::decode::<Proposal>(t.proposals.name(), id, v.value()))
+                .transpose()?
+                .ok_or_else(|| {
+                    CyclesError::NotFound(format!("no strategy proposal with id {id}"))
+                })?;
+            if p.status != "pending" {
+                return Err(conflict(
+                    "proposal_decided",
+                    format!("proposal {id} is already {}", p.status),
+                ));
+            }
+            p.status = status.to_string();
+            p.decided_by = Some(actor.clone());
+            p.decided_at = Some(now);
+            p.outcome = Some(outcome.clone());
+            t.proposals
+                .insert(id.as_u128(), codec::encode(&p).as_slice())?;
+            audit.append(
+                tx,
+                now,
+                &Event::new(actor.clone(), action, id.to_string()).with_detail(json!({
+                    "profile_id": p.profile_id, "kind": p.kind, "status": p.status,
+                    "outcome": outcome,
+                })),
+            )?;
+            append_record(
+                t,
+                now,
+                None,
+                None,
+                Some(&p.profile_id),
+                &namespace,
+                "autonomy",
+                action,
+                record_outcome,
+                json!({"proposal_id": id, "outcome": outcome}),
+            )?;
+            emit(
+                t,
+                now,
+                match record_outcome {
+                    "applied" => "profile_mutated",
+                    "skipped" => "autonomy_skipped",
+                    _ => "proposal_rejected",
+                },
+                Some(&p.profile_id),
+                None,
+                &namespace,
+                json!({"proposal_id": id, "outcome": outcome, "by": actor}),
+            )?;
+            Ok(p)
+        })
+        .await
     }
 }

@@ -373,3 +373,18 @@ pub struct ProfileVersion {
 impl Record for ProfileVersion {
     const VERSION: u8 = 1;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_follow_each_other() {
+        assert_eq!(Stage::CycleStarted.next(), Some(Stage::Initiation));
+        assert_eq!(Stage::DispatchComplete.next(), Some(Stage::CycleFinished));
+        assert_eq!(Stage::CycleFinished.next(), None);
+        for s in Stage::ORDER {
+            assert_eq!(Stage::parse(s.as_str()), Some(s));
+        }
+    }
+}

@@ -6,30 +6,31 @@
 //! transaction. A runner stops (to be started again by the worker) while cycles are paused or
 //! the cycle's namespace is halted, when a stage fails in a way that may pass, and at shutdown.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use redb::{ReadableTable, TableHandle, WriteTransaction};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::ids::{dispatch_task_id, step_task_id};
 use super::model::{CycleRun, CycleStatus, DispatchRecord, LedgerEntry, Stage};
-use super::{
-    CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE, append_ledger, append_record, crash_now,
-    dispatch_task_id, dispatches_read, emit, last_checkpoint_read, save_run, step_task_id,
-    write_checkpoint,
+use super::records::{
+    append_ledger, append_record, dispatches, find_run, last_checkpoint, save_run, write_checkpoint,
 };
+use super::tables::CycleTables;
+use super::telemetry::emit;
+use super::waiting::{TaskEnd, Wake};
+use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
+use crate::events::Event;
 use crate::queue::{HttpTarget, NewTask, QueueError, Status, Task};
 use crate::store::codec;
-use crate::store::tables::cycles::{CYCLE_DISPATCHES, CYCLE_ITEMS, CYCLE_RUNS, CYCLES_ACTIVE};
 
 /// Requests in flight to one dispatch endpoint's host at once.
 const DISPATCH_TARGET_CONCURRENCY: u32 = 8;
-/// Longest pause between two looks at a task a stage waits for.
-const MAX_POLL: Duration = Duration::from_millis(500);
 
 /// What a stage did.
 enum Progress {
@@ -39,16 +40,6 @@ enum Progress {
     Stopped,
     /// The cycle failed for good instead (its `cycle_failed` checkpoint is written).
     Failed,
-}
-
-/// How a task a stage waited for ended.
-enum TaskEnd {
-    /// Succeeded, with its result.
-    Succeeded(Option<String>),
-    /// Dead or cancelled: the stage cannot go on.
-    Failed(String),
-    /// Not finished, and the runner is stopping.
-    Stopped,
 }
 
 fn parse_output(text: Option<&str>) -> Value {
@@ -69,14 +60,8 @@ impl Cycles {
                 return;
             }
             let state = self
-                .store
-                .read(move |tx| -> Result<_, CyclesError> {
-                    let run = tx
-                        .open_table(CYCLE_RUNS)?
-                        .get(id.as_u128())?
-                        .map(|v| codec::decode::<CycleRun>(CYCLE_RUNS.name(), id, v.value()))
-                        .transpose()?;
-                    Ok((run, last_checkpoint_read(tx, id)?))
+                .read(move |t| -> Result<_, CyclesError> {
+                    Ok((find_run(t, id)?, last_checkpoint(t, id)?))
                 })
                 .await;
             let (run, last) = match state {
@@ -113,7 +98,10 @@ impl Cycles {
                 Stage::CycleStarted | Stage::CycleFailed => return,
             };
             match done {
+                #[cfg(feature = "test-hooks")]
                 Ok(Progress::Done) => self.crash_point(next),
+                #[cfg(not(feature = "test-hooks"))]
+                Ok(Progress::Done) => {}
                 Ok(Progress::Failed) => continue,
                 Ok(Progress::Stopped) => return,
                 Err(CyclesError::Conflict {
@@ -141,7 +129,26 @@ impl Cycles {
         })
     }
 
-    /// Commits `stage`'s checkpoint with `extra` outputs in one transaction.
+    /// Publishes that `stage`'s checkpoint of cycle `id` is stored (and, for a final one, that
+    /// the cycle ended).
+    fn publish_stage(&self, id: Uuid, stage: Stage) {
+        self.events.publish(Event::CycleStageReached {
+            cycle_id: id,
+            stage: stage.as_str().to_string(),
+        });
+        let outcome = match stage {
+            Stage::CycleFinished => "succeeded",
+            Stage::CycleFailed => "failed",
+            _ => return,
+        };
+        self.events.publish(Event::CycleFinished {
+            cycle_id: id,
+            outcome: outcome.to_string(),
+        });
+    }
+
+    /// Commits `stage`'s checkpoint with `extra` outputs in one transaction, then publishes
+    /// it.
     async fn commit<F>(
         &self,
         run: &CycleRun,
@@ -152,29 +159,40 @@ impl Cycles {
         mut extra: F,
     ) -> Result<(), CyclesError>
     where
-        F: FnMut(&WriteTransaction, &CycleRun, Millis) -> Result<(), CyclesError> + Send + 'static,
+        F: FnMut(
+                &mut CycleTables<'_>,
+                &WriteTransaction,
+                &CycleRun,
+                Millis,
+            ) -> Result<(), CyclesError>
+            + Send
+            + 'static,
     {
         let now = self.clock.now_ms();
+        let id = run.id;
         let run = run.clone();
+        #[cfg(feature = "test-hooks")]
         let crash = self.crash_before(stage);
-        self.store
-            .write(move |tx| -> Result<(), CyclesError> {
-                write_checkpoint(
-                    tx,
-                    &run,
-                    stage,
-                    now,
-                    output.clone(),
-                    webhook_ids.clone(),
-                    detail.clone(),
-                )?;
-                extra(tx, &run, now)?;
-                if crash {
-                    crash_now(&format!("before:{}", stage.as_str()));
-                }
-                Ok(())
-            })
-            .await
+        self.write(move |t, tx| -> Result<(), CyclesError> {
+            write_checkpoint(
+                t,
+                &run,
+                stage,
+                now,
+                output.clone(),
+                webhook_ids.clone(),
+                detail.clone(),
+            )?;
+            extra(t, tx, &run, now)?;
+            #[cfg(feature = "test-hooks")]
+            if crash {
+                super::crash::crash_now(&format!("before:{}", stage.as_str()));
+            }
+            Ok(())
+        })
+        .await?;
+        self.publish_stage(id, stage);
+        Ok(())
     }
 
     /// Ends the cycle as failed.
@@ -187,15 +205,15 @@ impl Cycles {
             None,
             Vec::new(),
             json!({"reason": why}),
-            move |tx, run, now| {
+            move |t, _, run, now| {
                 let mut run = run.clone();
                 run.status = CycleStatus::Failed;
                 run.finished_at = Some(now);
                 run.error = Some(reason.clone());
-                save_run(tx, &run)?;
-                tx.open_table(CYCLES_ACTIVE)?.remove(run.id.as_u128())?;
+                save_run(t, &run)?;
+                t.active.remove(run.id.as_u128())?;
                 emit(
-                    tx,
+                    t,
                     now,
                     "cycle_failed",
                     run.profile_id.as_deref(),
@@ -239,7 +257,7 @@ impl Cycles {
             Some(object.to_string()),
             Vec::new(),
             json!({"initiation_hash": run.initiation_hash}),
-            |_, _, _| Ok(()),
+            |_, _, _, _| Ok(()),
         )
         .await?;
         Ok(Progress::Done)
@@ -295,7 +313,7 @@ impl Cycles {
             Some(payload.to_string()),
             Vec::new(),
             json!({"steps": tasks}),
-            |_, _, _| Ok(()),
+            |_, _, _, _| Ok(()),
         )
         .await?;
         Ok(Progress::Done)
@@ -354,12 +372,11 @@ impl Cycles {
             Vec::new(),
             json!({"items": count, "batches": batches,
                    "processor": if normalizer.is_empty() { "pass-through" } else { normalizer.as_str() }}),
-            move |tx, run, _| {
-                let mut table = tx.open_table(CYCLE_ITEMS)?;
+            move |t, _, run, _| {
                 for (i, text) in texts.iter().enumerate() {
                     let key = (run.id.as_u128(), i as u32);
-                    if table.get(key)?.is_none() {
-                        table.insert(key, text.as_str())?;
+                    if t.items.get(key)?.is_none() {
+                        t.items.insert(key, text.as_str())?;
                     }
                 }
                 Ok(())
@@ -376,11 +393,12 @@ impl Cycles {
         let ctx = Self::context(run)?;
         let id = run.id;
         let items: Vec<Value> = self
-            .store
-            .read(move |tx| -> Result<Vec<Value>, CyclesError> {
-                let table = tx.open_table(CYCLE_ITEMS)?;
+            .read(move |t| -> Result<Vec<Value>, CyclesError> {
                 let mut items = Vec::new();
-                for row in table.range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))? {
+                for row in t
+                    .items
+                    .range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))?
+                {
                     items.push(serde_json::from_str(row?.1.value()).unwrap_or(Value::Null));
                 }
                 Ok(items)
@@ -452,7 +470,7 @@ impl Cycles {
             None,
             webhook_ids,
             detail,
-            move |tx, run, now| {
+            move |t, tx, run, now| {
                 for (target, endpoint, task) in &prepared {
                     let enqueued = queue.insert_prepared(tx, task)?;
                     let record = DispatchRecord {
@@ -476,10 +494,10 @@ impl Cycles {
                         latency_ms: None,
                         attempts: 0,
                     };
-                    let mut table = tx.open_table(CYCLE_DISPATCHES)?;
                     let key = (run.id.as_u128(), endpoint.as_str());
-                    if table.get(key)?.is_none() {
-                        table.insert(key, codec::encode(&record).as_slice())?;
+                    if t.dispatches.get(key)?.is_none() {
+                        t.dispatches
+                            .insert(key, codec::encode(&record).as_slice())?;
                     }
                 }
                 Ok(())
@@ -494,11 +512,13 @@ impl Cycles {
     /// `delivery_confirmed` or `delivery_failed`) as it is seen; then checkpoints.
     async fn dispatch_complete(&self, run: &CycleRun) -> Result<Progress, CyclesError> {
         let id = run.id;
-        let mut delay = Duration::from_millis(10);
+        let mut delay = self.fallback.first;
+        let mut news = self.events.subscribe();
         loop {
-            let records = self.store.read(move |tx| dispatches_read(tx, id)).await?;
+            let records = self.read(move |t| dispatches(t, id)).await?;
             let pending: Vec<&DispatchRecord> =
                 records.iter().filter(|d| d.outcome.is_none()).collect();
+            let waiting_for: HashSet<Uuid> = pending.iter().map(|d| d.task_id).collect();
             if pending.is_empty() {
                 let delivered = records
                     .iter()
@@ -510,7 +530,7 @@ impl Cycles {
                     None,
                     Vec::new(),
                     json!({"delivered": delivered, "failed": records.len() - delivered}),
-                    |_, _, _| Ok(()),
+                    |_, _, _, _| Ok(()),
                 )
                 .await?;
                 return Ok(Progress::Done);
@@ -533,17 +553,17 @@ impl Cycles {
                 }
             }
             if progressed {
-                delay = Duration::from_millis(10);
+                delay = self.fallback.first;
                 continue;
             }
             if self.stop.is_cancelled() || (self.draining.load(Ordering::SeqCst) && !any_running) {
                 return Ok(Progress::Stopped);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Ok(Progress::Stopped),
+            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            if let Wake::Stop = wake {
+                return Ok(Progress::Stopped);
             }
-            delay = (delay * 2).min(MAX_POLL);
+            delay = self.next_delay(delay, &wake);
         }
     }
 
@@ -556,86 +576,85 @@ impl Cycles {
     ) -> Result<(), CyclesError> {
         let now = self.clock.now_ms();
         let run = run.clone();
-        self.store
-            .write(move |tx| -> Result<(), CyclesError> {
-                let key = (run.id.as_u128(), endpoint.as_str());
-                let mut table = tx.open_table(CYCLE_DISPATCHES)?;
-                let Some(mut record) = table
-                    .get(key)?
-                    .map(|v| {
-                        codec::decode::<DispatchRecord>(
-                            CYCLE_DISPATCHES.name(),
-                            format!("{}/{endpoint}", run.id),
-                            v.value(),
-                        )
-                    })
-                    .transpose()?
-                else {
-                    return Ok(());
-                };
-                if record.outcome.is_some() {
-                    return Ok(());
-                }
-                let (outcome, error) = match &task {
-                    Some(t) if t.status == Status::Succeeded => ("delivered", None),
-                    Some(t) => (
-                        if t.status == Status::Dead {
-                            "dead"
-                        } else {
-                            "cancelled"
-                        },
-                        t.attempts.last().and_then(|a| {
-                            a.error_class.clone().map(|c| {
-                                format!("{c}: {}", a.error_message.clone().unwrap_or_default())
-                            })
-                        }),
-                    ),
-                    None => ("missing", Some("the dispatch task no longer exists".into())),
-                };
-                let receipt = task
-                    .as_ref()
-                    .and_then(|t| t.attempts.iter().rev().find_map(|a| a.receipt.clone()));
-                record.outcome = Some(outcome.to_string());
-                record.finished_at = Some(now);
-                record.status = receipt.as_ref().and_then(|r| r.status);
-                record.latency_ms = receipt.as_ref().map(|r| r.latency_ms);
-                record.attempts = task.as_ref().map_or(0, Task::counted_attempts);
-                table.insert(key, codec::encode(&record).as_slice())?;
-                drop(table);
-                let detail = json!({
-                    "target": record.target, "endpoint": record.endpoint,
-                    "task_id": record.task_id, "webhook_id": record.webhook_id,
-                    "status": record.status, "latency_ms": record.latency_ms,
-                    "attempts": record.attempts, "error": error,
-                    "run_profile_id": run.run_profile_id,
-                });
-                append_record(
-                    tx,
-                    now,
-                    Some(run.id),
-                    run.run_profile_id.as_deref(),
-                    run.profile_id.as_deref(),
-                    &run.namespace,
-                    "dispatch",
-                    "delivery",
-                    outcome,
-                    detail.clone(),
-                )?;
-                emit(
-                    tx,
-                    now,
-                    if outcome == "delivered" {
-                        "delivery_confirmed"
+        self.write(move |t, _| -> Result<(), CyclesError> {
+            let key = (run.id.as_u128(), endpoint.as_str());
+            let Some(mut record) = t
+                .dispatches
+                .get(key)?
+                .map(|v| {
+                    codec::decode::<DispatchRecord>(
+                        t.dispatches.name(),
+                        format!("{}/{endpoint}", run.id),
+                        v.value(),
+                    )
+                })
+                .transpose()?
+            else {
+                return Ok(());
+            };
+            if record.outcome.is_some() {
+                return Ok(());
+            }
+            let (outcome, error) = match &task {
+                Some(t) if t.status == Status::Succeeded => ("delivered", None),
+                Some(t) => (
+                    if t.status == Status::Dead {
+                        "dead"
                     } else {
-                        "delivery_failed"
+                        "cancelled"
                     },
-                    run.profile_id.as_deref(),
-                    Some(run.id),
-                    &run.namespace,
-                    detail,
-                )
-            })
-            .await
+                    t.attempts.last().and_then(|a| {
+                        a.error_class.clone().map(|c| {
+                            format!("{c}: {}", a.error_message.clone().unwrap_or_default())
+                        })
+                    }),
+                ),
+                None => ("missing", Some("the dispatch task no longer exists".into())),
+            };
+            let receipt = task
+                .as_ref()
+                .and_then(|t| t.attempts.iter().rev().find_map(|a| a.receipt.clone()));
+            record.outcome = Some(outcome.to_string());
+            record.finished_at = Some(now);
+            record.status = receipt.as_ref().and_then(|r| r.status);
+            record.latency_ms = receipt.as_ref().map(|r| r.latency_ms);
+            record.attempts = task.as_ref().map_or(0, Task::counted_attempts);
+            t.dispatches
+                .insert(key, codec::encode(&record).as_slice())?;
+            let detail = json!({
+                "target": record.target, "endpoint": record.endpoint,
+                "task_id": record.task_id, "webhook_id": record.webhook_id,
+                "status": record.status, "latency_ms": record.latency_ms,
+                "attempts": record.attempts, "error": error,
+                "run_profile_id": run.run_profile_id,
+            });
+            append_record(
+                t,
+                now,
+                Some(run.id),
+                run.run_profile_id.as_deref(),
+                run.profile_id.as_deref(),
+                &run.namespace,
+                "dispatch",
+                "delivery",
+                outcome,
+                detail.clone(),
+            )?;
+            emit(
+                t,
+                now,
+                if outcome == "delivered" {
+                    "delivery_confirmed"
+                } else {
+                    "delivery_failed"
+                },
+                run.profile_id.as_deref(),
+                Some(run.id),
+                &run.namespace,
+                detail,
+            )
+        })
+        .await
     }
 
     /// Ends the cycle: its value ledger entry, status and `cycle_finished` event.
@@ -652,14 +671,14 @@ impl Cycles {
             None,
             Vec::new(),
             json!({}),
-            move |tx, run, now| {
+            move |t, _, run, now| {
                 let mut done = run.clone();
                 done.status = CycleStatus::Finished;
                 done.finished_at = Some(now);
-                save_run(tx, &done)?;
-                tx.open_table(CYCLES_ACTIVE)?.remove(run.id.as_u128())?;
+                save_run(t, &done)?;
+                t.active.remove(run.id.as_u128())?;
                 append_ledger(
-                    tx,
+                    t,
                     &LedgerEntry {
                         id: Uuid::now_v7(),
                         at: now,
@@ -670,15 +689,8 @@ impl Cycles {
                         tags: tags.to_string(),
                     },
                 )?;
-                let dispatches = tx.open_table(CYCLE_DISPATCHES)?;
                 let (mut delivered, mut failed) = (0, 0);
-                for row in dispatches.range((run.id.as_u128(), "")..(run.id.as_u128() + 1, ""))? {
-                    let (k, v) = row?;
-                    let d: DispatchRecord = codec::decode(
-                        CYCLE_DISPATCHES.name(),
-                        format!("{}/{}", run.id, k.value().1),
-                        v.value(),
-                    )?;
+                for d in dispatches(t, run.id)? {
                     if d.outcome.as_deref() == Some("delivered") {
                         delivered += 1;
                     } else {
@@ -686,7 +698,7 @@ impl Cycles {
                     }
                 }
                 emit(
-                    tx,
+                    t,
                     now,
                     "cycle_finished",
                     run.profile_id.as_deref(),
@@ -700,63 +712,5 @@ impl Cycles {
         )
         .await?;
         Ok(Progress::Done)
-    }
-
-    /// Enqueues task `id` unless it exists (a stage run again after a crash finds it), then
-    /// waits for it to end.
-    async fn run_task(&self, id: Uuid, new: NewTask) -> Result<TaskEnd, CyclesError> {
-        match self.queue.get(id).await {
-            Ok(_) => {}
-            Err(QueueError::NotFound(_)) => {
-                if self.draining.load(Ordering::SeqCst) {
-                    return Ok(TaskEnd::Stopped);
-                }
-                let task = match self.queue.prepare(SYSTEM_ACTOR, id, &new, None) {
-                    Ok(t) => t,
-                    Err(QueueError::Invalid(why)) => return Ok(TaskEnd::Failed(why)),
-                    Err(e) => return Err(e.into()),
-                };
-                let queue = Arc::clone(&self.queue);
-                self.store
-                    .write(move |tx| queue.insert_prepared(tx, &task))
-                    .await?;
-                self.queue.notify();
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let mut delay = Duration::from_millis(10);
-        loop {
-            let task = self.queue.get(id).await?;
-            match task.status {
-                Status::Succeeded => return Ok(TaskEnd::Succeeded(task.result)),
-                Status::Dead | Status::Cancelled => {
-                    let why = task
-                        .attempts
-                        .last()
-                        .and_then(|a| {
-                            a.error_class.clone().map(|c| {
-                                format!("{c}: {}", a.error_message.clone().unwrap_or_default())
-                            })
-                        })
-                        .unwrap_or_else(|| task.status.as_str().to_string());
-                    return Ok(TaskEnd::Failed(format!(
-                        "task {id} is {}: {why}",
-                        task.status.as_str()
-                    )));
-                }
-                status => {
-                    if self.stop.is_cancelled()
-                        || (self.draining.load(Ordering::SeqCst) && status != Status::Running)
-                    {
-                        return Ok(TaskEnd::Stopped);
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => return Ok(TaskEnd::Stopped),
-            }
-            delay = (delay * 2).min(MAX_POLL);
-        }
     }
 }

@@ -7,15 +7,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableTable, TableHandle, WriteTransaction};
+use redb::{ReadableTable, TableHandle};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::model::TelemetryEvent;
+use super::tables::CycleTables;
 use super::{Cycles, CyclesError};
 use crate::clock::{Millis, rfc3339};
 use crate::store::codec;
-use crate::store::tables::cycles::TELEMETRY;
 
 /// Most events deleted (and archived into one file) per transaction.
 const PRUNE_BATCH: usize = 5000;
@@ -65,12 +65,36 @@ pub struct PruneReport {
 }
 
 /// Appends an event inside the caller's transaction.
-pub fn append(tx: &WriteTransaction, event: &TelemetryEvent) -> Result<(), CyclesError> {
-    tx.open_table(TELEMETRY)?.insert(
+fn append(t: &mut CycleTables<'_>, event: &TelemetryEvent) -> Result<(), CyclesError> {
+    t.telemetry.insert(
         (event.at, event.id.as_u128()),
         codec::encode(event).as_slice(),
     )?;
     Ok(())
+}
+
+/// Puts an event on the telemetry bus, inside the caller's transaction.
+pub(super) fn emit(
+    t: &mut CycleTables<'_>,
+    now: Millis,
+    event_type: &str,
+    profile_id: Option<&str>,
+    run_id: Option<Uuid>,
+    namespace: &str,
+    metadata: Value,
+) -> Result<(), CyclesError> {
+    append(
+        t,
+        &TelemetryEvent {
+            id: Uuid::now_v7(),
+            at: now,
+            event_type: event_type.to_string(),
+            profile_id: profile_id.map(str::to_string),
+            run_id,
+            namespace: namespace.to_string(),
+            metadata: metadata.to_string(),
+        },
+    )
 }
 
 /// One event as a JSON object (the API's and the archive's shape).
@@ -87,9 +111,13 @@ pub fn event_json(e: &TelemetryEvent) -> Value {
     })
 }
 
-fn decode(key: Cursor, bytes: &[u8]) -> Result<TelemetryEvent, CyclesError> {
+fn decode(
+    table: &impl TableHandle,
+    key: Cursor,
+    bytes: &[u8],
+) -> Result<TelemetryEvent, CyclesError> {
     Ok(codec::decode(
-        TELEMETRY.name(),
+        table.name(),
         format!("{}/{}", key.0, Uuid::from_u128(key.1)),
         bytes,
     )?)
@@ -120,41 +148,40 @@ impl Cycles {
         &self,
         filter: TelemetryFilter,
     ) -> Result<Vec<TelemetryEvent>, CyclesError> {
-        self.store
-            .read(move |tx| -> Result<Vec<TelemetryEvent>, CyclesError> {
-                let limit = filter.limit.clamp(1, 1000);
-                let table = tx.open_table(TELEMETRY)?;
-                let mut out = Vec::new();
-                match filter.since {
-                    Some(since) => {
-                        for row in table.range((since, 0)..)? {
-                            let (k, v) = row?;
-                            let e = decode(k.value(), v.value())?;
-                            if filter.matches(&e) {
-                                out.push(e);
-                                if out.len() == limit {
-                                    break;
-                                }
+        self.read(move |t| -> Result<Vec<TelemetryEvent>, CyclesError> {
+            let limit = filter.limit.clamp(1, 1000);
+            let table = &t.telemetry;
+            let mut out = Vec::new();
+            match filter.since {
+                Some(since) => {
+                    for row in table.range((since, 0)..)? {
+                        let (k, v) = row?;
+                        let e = decode(table, k.value(), v.value())?;
+                        if filter.matches(&e) {
+                            out.push(e);
+                            if out.len() == limit {
+                                break;
                             }
                         }
-                    }
-                    None => {
-                        for row in table.iter()?.rev() {
-                            let (k, v) = row?;
-                            let e = decode(k.value(), v.value())?;
-                            if filter.matches(&e) {
-                                out.push(e);
-                                if out.len() == limit {
-                                    break;
-                                }
-                            }
-                        }
-                        out.reverse();
                     }
                 }
-                Ok(out)
-            })
-            .await
+                None => {
+                    for row in table.iter()?.rev() {
+                        let (k, v) = row?;
+                        let e = decode(table, k.value(), v.value())?;
+                        if filter.matches(&e) {
+                            out.push(e);
+                            if out.len() == limit {
+                                break;
+                            }
+                        }
+                    }
+                    out.reverse();
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// The next `limit` events after `after` (or from `from` when `after` is none), in order,
@@ -165,28 +192,27 @@ impl Cycles {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<(Cursor, TelemetryEvent)>, CyclesError> {
-        self.store
-            .read(move |tx| -> Result<_, CyclesError> {
-                let table = tx.open_table(TELEMETRY)?;
-                let mut out = Vec::new();
-                let rows = match after {
-                    Some(cursor) => table.range(cursor..)?,
-                    None => table.range((from, 0)..)?,
-                };
-                for row in rows {
-                    let (k, v) = row?;
-                    let key = k.value();
-                    if Some(key) == after {
-                        continue;
-                    }
-                    out.push((key, decode(key, v.value())?));
-                    if out.len() >= limit {
-                        break;
-                    }
+        self.read(move |t| -> Result<_, CyclesError> {
+            let table = &t.telemetry;
+            let mut out = Vec::new();
+            let rows = match after {
+                Some(cursor) => table.range(cursor..)?,
+                None => table.range((from, 0)..)?,
+            };
+            for row in rows {
+                let (k, v) = row?;
+                let key = k.value();
+                if Some(key) == after {
+                    continue;
                 }
-                Ok(out)
-            })
-            .await
+                out.push((key, decode(table, key, v.value())?));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Deletes events older than `telemetry.retention_days`; with `telemetry.cold_archive`,
@@ -202,13 +228,12 @@ impl Cycles {
         let mut report = PruneReport::default();
         loop {
             let batch: Vec<(Cursor, TelemetryEvent)> = self
-                .store
-                .read(move |tx| -> Result<_, CyclesError> {
-                    let table = tx.open_table(TELEMETRY)?;
+                .read(move |t| -> Result<_, CyclesError> {
+                    let table = &t.telemetry;
                     let mut out = Vec::new();
                     for row in table.range(..(cutoff, 0))?.take(PRUNE_BATCH) {
                         let (k, v) = row?;
-                        out.push((k.value(), decode(k.value(), v.value())?));
+                        out.push((k.value(), decode(table, k.value(), v.value())?));
                     }
                     Ok(out)
                 })
@@ -238,15 +263,13 @@ impl Cycles {
             }
             let keys: Vec<Cursor> = batch.iter().map(|(k, _)| *k).collect();
             let n = keys.len();
-            self.store
-                .write(move |tx| -> Result<(), CyclesError> {
-                    let mut table = tx.open_table(TELEMETRY)?;
-                    for key in &keys {
-                        table.remove(*key)?;
-                    }
-                    Ok(())
-                })
-                .await?;
+            self.write(move |t, _| -> Result<(), CyclesError> {
+                for key in &keys {
+                    t.telemetry.remove(*key)?;
+                }
+                Ok(())
+            })
+            .await?;
             report.pruned += n;
             if n < PRUNE_BATCH {
                 break;

@@ -395,7 +395,7 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
 }
 
 /// Sets the stored schema version; only for tests that need a file from a "newer" keel.
-#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub fn force_schema_version(path: &Path, version: u64) -> Result<(), StoreError> {
     let db = Database::create(path).map_err(|e| open_error(path, e))?;
     let tx = db.begin_write()?;

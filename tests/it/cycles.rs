@@ -61,7 +61,7 @@ fn endpoint(url: &str, token: Option<&str>) -> keel::config::DispatchEndpointCon
 /// Profiles dir in its own temp dir, cron schedules off, fast retries.
 fn base(c: &mut Config, profiles: &Path) {
     c.cycles.profiles_dir = profiles.to_path_buf();
-    c.cycles.schedule = String::new();
+    c.cycles.schedule = String::new().into();
     c.queue.backoff_base_ms = 10;
     c.queue.backoff_max_seconds = 1;
 }
@@ -332,9 +332,9 @@ fn reload_is_refused_while_a_cycle_is_active() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-/// Shutdown gives cycles the drain deadline; one still waiting on its target then stops at
-/// its last checkpoint and resumes on the next start, its step delivered again with the same
-/// `webhook-id`.
+/// Shutdown gives cycles the drain deadline; one still waiting on its target (which answers
+/// only after keel has stopped) then stops at its last checkpoint and resumes on the next
+/// start, its step delivered again with the same `webhook-id`.
 #[test]
 fn shutdown_drains_cycles_and_the_rest_resume_on_the_next_start() {
     let receiver = Receiver::start();
@@ -360,15 +360,24 @@ fn shutdown_drains_cycles_and_the_rest_resume_on_the_next_start() {
     let (_, v) = trigger(&app, &json!({"run_profile_id": "r1"}));
     let id = v["cycle_run_id"].as_str().unwrap().to_string();
     receiver.wait_held(1);
+    let running = Arc::clone(&app.app);
     let dir = std::thread::scope(|s| {
-        // The held request answers only after the drain deadline has passed.
+        // The held request stays unanswered through the whole drain, so the drain deadline
+        // always passes with the step in flight; it is answered only once the store is closed.
         s.spawn(|| {
-            std::thread::sleep(std::time::Duration::from_millis(1500));
+            poll_until("keel to close its store", || {
+                if running.store.is_writable() {
+                    Err("the store is open".to_string())
+                } else {
+                    Ok(())
+                }
+            });
             receiver.set_mode(Mode::Ok);
             receiver.release();
         });
         app.stop()
     });
+    drop(running);
     let app = TestApp::start_in(dir, configure);
     let detail = wait_cycle(&app, &id);
     assert_eq!(stages_of(&detail), STAGES);
@@ -920,7 +929,7 @@ fn proposals_change_profiles_only_with_both_autonomy_switches() {
 fn telemetry_past_retention_is_archived_then_pruned() {
     for archive in [true, false] {
         let app = TestApp::start_with(|c| {
-            c.cycles.schedule = String::new();
+            c.cycles.schedule = String::new().into();
             c.telemetry.retention_days = 30;
             c.telemetry.cold_archive = archive;
         });

@@ -1,11 +1,16 @@
-//! Cron schedules of cycles: parsing (the cron crate's 6/7-field syntax, seconds first, Sunday =
-//! 1, and the classic 5-field form normalised to it), a configured timezone, and the slot
-//! arithmetic behind catch-up (the latest slot at or before a time).
+//! Cron schedules: parsing (the cron crate's 6/7-field syntax, seconds first, Sunday = 1, and
+//! the classic 5-field form normalised to it), timezones, and the slot arithmetic behind
+//! catch-up (the latest slot at or before a time).
+//!
+//! A configured line is parsed once, when the configuration is read, into a [`CronLine`]; with a
+//! [`Timezone`] it becomes a [`CronSchedule`] that answers "which slot comes next".
 
+use std::fmt;
 use std::str::FromStr;
 
 use chrono::{TimeZone, Utc};
 use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{Millis, to_datetime};
 
@@ -107,16 +112,18 @@ impl CronSchedule {
     /// `UTC` or `Europe/Berlin`).
     pub fn parse(expr: &str, tz: &str) -> Result<CronSchedule, String> {
         let tz = parse_timezone(tz)?;
-        let normalised = normalise(expr)?;
-        let schedule = cron::Schedule::from_str(&normalised)
-            .map_err(|e| format!("`{expr}` is not a valid schedule ({normalised}): {e}"))?;
+        let schedule = parse_line(expr)?;
+        CronSchedule::new(schedule, tz, expr)
+    }
+
+    fn new(schedule: cron::Schedule, tz: Tz, source: &str) -> Result<CronSchedule, String> {
         if schedule.upcoming(tz).next().is_none() {
-            return Err(format!("`{expr}` never fires"));
+            return Err(format!("`{source}` never fires"));
         }
         Ok(CronSchedule {
             schedule,
             tz,
-            source: expr.to_string(),
+            source: source.to_string(),
         })
     }
 
@@ -144,6 +151,173 @@ impl CronSchedule {
             .next_back()
             .map(|t| t.with_timezone(&Utc).timestamp_millis())
             .filter(|t| *t <= at)
+    }
+}
+
+/// Normalises and parses one cron expression.
+fn parse_line(expr: &str) -> Result<cron::Schedule, String> {
+    let normalised = normalise(expr)?;
+    cron::Schedule::from_str(&normalised)
+        .map_err(|e| format!("`{expr}` is not a valid schedule ({normalised}): {e}"))
+}
+
+/// A cron line as configured: its text and what parsing it once gave. An empty line means the
+/// schedule is off. A line that did not parse keeps its error for validation to report with
+/// the key that holds it.
+#[derive(Clone)]
+pub struct CronLine {
+    source: String,
+    parsed: Result<Option<cron::Schedule>, String>,
+}
+
+impl CronLine {
+    /// Parses `expr` (see [`normalise`]); blank means off.
+    pub fn parse(expr: &str) -> CronLine {
+        let parsed = if expr.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse_line(expr).map(Some)
+        };
+        CronLine {
+            source: expr.to_string(),
+            parsed,
+        }
+    }
+
+    /// A schedule that never runs.
+    pub fn off() -> CronLine {
+        CronLine::parse("")
+    }
+
+    /// The line as configured.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the schedule is off (the line is blank).
+    pub fn is_off(&self) -> bool {
+        matches!(self.parsed, Ok(None))
+    }
+
+    /// The schedule in `tz`, `None` when off, or what is wrong with the line.
+    pub fn in_zone(&self, tz: &Timezone) -> Result<Option<CronSchedule>, String> {
+        let tz = tz.tz()?;
+        match &self.parsed {
+            Ok(None) => Ok(None),
+            Ok(Some(schedule)) => CronSchedule::new(schedule.clone(), tz, &self.source).map(Some),
+            Err(why) => Err(why.clone()),
+        }
+    }
+}
+
+impl Default for CronLine {
+    fn default() -> Self {
+        CronLine::off()
+    }
+}
+
+impl From<&str> for CronLine {
+    fn from(expr: &str) -> Self {
+        CronLine::parse(expr)
+    }
+}
+
+impl From<String> for CronLine {
+    fn from(expr: String) -> Self {
+        CronLine::parse(&expr)
+    }
+}
+
+impl PartialEq for CronLine {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl fmt::Debug for CronLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.source, f)
+    }
+}
+
+impl Serialize for CronLine {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for CronLine {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(CronLine::from)
+    }
+}
+
+/// A timezone as configured: its name and what parsing it gave (see [`parse_timezone`]).
+#[derive(Clone)]
+pub struct Timezone {
+    name: String,
+    parsed: Result<Tz, String>,
+}
+
+impl Timezone {
+    /// Parses an IANA name; a name that does not parse keeps its error for validation.
+    pub fn parse(name: &str) -> Timezone {
+        Timezone {
+            name: name.to_string(),
+            parsed: parse_timezone(name),
+        }
+    }
+
+    /// The name as configured.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The timezone, or what is wrong with its name.
+    pub fn tz(&self) -> Result<Tz, String> {
+        self.parsed.clone()
+    }
+}
+
+impl Default for Timezone {
+    fn default() -> Self {
+        Timezone::parse("UTC")
+    }
+}
+
+impl From<&str> for Timezone {
+    fn from(name: &str) -> Self {
+        Timezone::parse(name)
+    }
+}
+
+impl From<String> for Timezone {
+    fn from(name: String) -> Self {
+        Timezone::parse(&name)
+    }
+}
+
+impl PartialEq for Timezone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl fmt::Debug for Timezone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.name, f)
+    }
+}
+
+impl Serialize for Timezone {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timezone {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Timezone::from)
     }
 }
 
@@ -219,5 +393,54 @@ mod tests {
             Some(ms("2026-01-01T08:00:00Z"))
         );
         assert!(CronSchedule::parse("0 0 9 * * *", "Mars/Base").is_err());
+    }
+    #[test]
+    fn a_line_is_parsed_once_and_placed_in_a_zone() {
+        let line = CronLine::parse("0 9 * * 1-5");
+        assert!(!line.is_off());
+        let s = line
+            .in_zone(&Timezone::parse("Europe/Berlin"))
+            .unwrap()
+            .unwrap();
+        // 09:00 in Berlin on Monday 2026-01-05 is 08:00 UTC.
+        assert_eq!(
+            s.next_after(ms("2026-01-02T09:00:00Z")),
+            Some(ms("2026-01-05T08:00:00Z"))
+        );
+        assert_eq!(s.source(), "0 9 * * 1-5");
+
+        assert!(CronLine::parse("  ").is_off());
+        assert!(
+            CronLine::off()
+                .in_zone(&Timezone::default())
+                .unwrap()
+                .is_none()
+        );
+        let bad = CronLine::parse("* * *");
+        assert!(
+            bad.in_zone(&Timezone::default())
+                .unwrap_err()
+                .contains("3 fields")
+        );
+        let err = line.in_zone(&Timezone::parse("Mars/Base")).unwrap_err();
+        assert!(err.contains("not a known timezone"), "{err}");
+        let never = CronLine::parse("0 0 0 1 1 * 2001");
+        assert!(
+            never
+                .in_zone(&Timezone::default())
+                .unwrap_err()
+                .contains("never fires")
+        );
+    }
+
+    #[test]
+    fn lines_and_zones_read_and_write_as_their_text() {
+        let line: CronLine = serde_json::from_str("\"0 0 0,12 * * *\"").unwrap();
+        assert_eq!(line, CronLine::from("0 0 0,12 * * *"));
+        assert_eq!(serde_json::to_string(&line).unwrap(), "\"0 0 0,12 * * *\"");
+        let tz: Timezone = serde_json::from_str("\"UTC\"").unwrap();
+        assert_eq!(tz, Timezone::default());
+        assert_eq!(tz.name(), "UTC");
+        assert_eq!(serde_json::to_string(&tz).unwrap(), "\"UTC\"");
     }
 }
