@@ -18,7 +18,7 @@ pub struct RejectionRecord {
     pub at: Millis,
     /// The source named in the URL.
     pub source: String,
-    /// [`Reason::code`].
+    /// [`Reason::code`](super::Reason::code).
     pub reason: String,
     /// What was wrong.
     pub message: String,
