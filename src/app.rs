@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::cycles::{CycleWorker, Cycles, CyclesError, TelemetryRetention};
 use crate::events::EventBus;
 use crate::exec::circuit::Circuits;
-use crate::exec::{DispatchWorker, Dispatcher};
+use crate::exec::workflow::CheckpointCleanup;
+use crate::exec::{DispatchWorker, Dispatcher, Snapshots};
 use crate::inbox::{Inbox, InboxPrune};
 use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
@@ -149,6 +150,9 @@ impl Core {
             Arc::clone(&audit),
             Arc::clone(&clock),
             Arc::clone(&config),
+            Arc::clone(&events),
+            Arc::new(Snapshots::new(Arc::clone(&config))),
+            Arc::new(CheckpointCleanup),
         ));
         let circuits = Arc::new(Circuits::load(
             config.circuit.clone(),
@@ -156,6 +160,7 @@ impl Core {
             Arc::clone(&audit),
             Arc::clone(&clock),
             Arc::clone(&metrics),
+            Arc::clone(&events),
         )?);
         let inbox = Arc::new(Inbox::new(
             Arc::clone(&store),
@@ -262,6 +267,7 @@ impl App {
             Arc::clone(&core.metrics),
             Arc::clone(&core.budgets),
             Arc::clone(&core.store),
+            Arc::clone(&core.events),
         );
         let cycles = Cycles::open(
             Arc::clone(&core.store),

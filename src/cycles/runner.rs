@@ -26,7 +26,8 @@ use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
 use crate::events::Event;
-use crate::queue::{HttpTarget, NewTask, QueueError, Status, Task};
+use crate::exec::{HandlerSnapshot, HttpTarget};
+use crate::queue::{NewTask, QueueError, Status, Task};
 use crate::store::codec;
 
 /// Requests in flight to one dispatch endpoint's host at once.
@@ -444,7 +445,7 @@ impl Cycles {
                 SYSTEM_ACTOR,
                 dispatch_task_id(run.id, endpoint),
                 &new,
-                Some(&http),
+                Some(http.handling()),
             ) {
                 Ok(t) => t,
                 Err(QueueError::Invalid(why)) => {
@@ -479,12 +480,12 @@ impl Cycles {
                         endpoint: endpoint.clone(),
                         task_id: enqueued.task.id,
                         webhook_id: enqueued.task.webhook_id(),
-                        url: match &enqueued.task.handler {
-                            crate::queue::HandlerSnapshot::Http { url, .. } => url.clone(),
+                        url: match HandlerSnapshot::of(&enqueued.task) {
+                            Ok(HandlerSnapshot::Http { url, .. }) => url,
                             _ => String::new(),
                         },
-                        method: match &enqueued.task.handler {
-                            crate::queue::HandlerSnapshot::Http { method, .. } => method.clone(),
+                        method: match HandlerSnapshot::of(&enqueued.task) {
+                            Ok(HandlerSnapshot::Http { method, .. }) => method,
                             _ => String::new(),
                         },
                         enqueued_at: now,

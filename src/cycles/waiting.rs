@@ -207,13 +207,16 @@ mod tests {
         let audit = Arc::new(crate::audit::Audit::load_or_create(&config.data_dir, 1000).unwrap());
         let clock: SharedClock = Arc::new(ManualClock::new(1_767_225_600_000));
         let config = Arc::new(config);
+        let bus = Arc::new(EventBus::new(bus_capacity, &Metrics::new("test")));
         let queue = Arc::new(Queue::new(
             Arc::clone(&store),
             Arc::clone(&audit),
             Arc::clone(&clock),
             Arc::clone(&config),
+            Arc::clone(&bus),
+            Arc::new(crate::exec::Snapshots::new(Arc::clone(&config))),
+            Arc::new(crate::exec::workflow::CheckpointCleanup),
         ));
-        let bus = Arc::new(EventBus::new(bus_capacity, &Metrics::new("test")));
         let mut cycles = Cycles::open(store, audit, clock, config, Arc::clone(&queue), bus, set)
             .await
             .unwrap();

@@ -2,23 +2,40 @@
 //! (with a minimum volume) opens the circuit; after `open_seconds` one trial is let through
 //! (half-open); its success closes the circuit, its failure opens it again. While open, the
 //! target's tasks wait without using attempts. State changes are persisted, so an open circuit
-//! stays open across restarts.
+//! stays open across restarts, and published on the event bus once persisted (half-opening is a
+//! matter of time, never persisted: it is published when the breaker notices it).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use redb::{ReadableTable, TableHandle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::audit::{Audit, Event};
+use super::tables::{ReadTables, ReadableTables, Tables};
+use crate::audit::{Audit, Event as AuditEvent};
 use crate::clock::{Millis, SharedClock};
 use crate::config::CircuitConfig;
+use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::queue::Outcome;
-use crate::queue::model::CircuitRecord;
-use crate::store::codec;
-use crate::store::tables::exec::CIRCUITS;
+use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
+
+/// Persisted state of one circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitRecord {
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// When it last opened.
+    pub opened_at: Option<Millis>,
+    /// When an open circuit lets a trial through.
+    pub open_until: Option<Millis>,
+    /// Failure ratio that opened it.
+    pub failure_ratio: f64,
+}
+
+impl Record for CircuitRecord {
+    const VERSION: u8 = 1;
+}
 
 /// How long other tasks of a half-open target wait while its trial runs.
 const TRIAL_WAIT_MS: i64 = 1_000;
@@ -98,6 +115,7 @@ pub struct Circuits {
     audit: Arc<Audit>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    events: Arc<EventBus>,
     breakers: Mutex<HashMap<String, Breaker>>,
 }
 
@@ -113,21 +131,18 @@ fn health_signal(outcome: &Outcome) -> Option<bool> {
 }
 
 impl Circuits {
-    /// Loads persisted circuit states.
+    /// Loads persisted circuit states; state changes are published on `events`.
     pub fn load(
         config: CircuitConfig,
         store: Arc<Store>,
         audit: Arc<Audit>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        events: Arc<EventBus>,
     ) -> Result<Circuits, StoreError> {
         let breakers = store.read_blocking(|tx| -> Result<_, StoreError> {
-            let table = tx.open_table(CIRCUITS)?;
             let mut breakers = HashMap::new();
-            for row in table.iter()? {
-                let (k, v) = row?;
-                let name = k.value().to_string();
-                let record: CircuitRecord = codec::decode(CIRCUITS.name(), &name, v.value())?;
+            for (name, record) in ReadTables::open(tx)?.circuit_records()? {
                 let state = match (record.state.as_str(), record.open_until) {
                     ("open", Some(until)) => State::Open { until },
                     // A trial that was running when keel stopped is gone: allow a new one.
@@ -154,11 +169,12 @@ impl Circuits {
             audit,
             clock,
             metrics,
+            events,
             breakers: Mutex::new(breakers),
         };
         let names: Vec<String> = circuits.lock().keys().cloned().collect();
         for name in names {
-            circuits.publish(&name);
+            circuits.publish_gauge(&name);
         }
         Ok(circuits)
     }
@@ -167,7 +183,7 @@ impl Circuits {
         self.breakers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, name: &str) {
+    fn publish_gauge(&self, name: &str) {
         let open = self
             .lock()
             .get(name)
@@ -185,6 +201,7 @@ impl Circuits {
     pub fn blocked_targets(&self) -> HashMap<String, Millis> {
         let now = self.clock.now_ms();
         let mut blocked = HashMap::new();
+        let mut half_opened = Vec::new();
         for (name, breaker) in self.lock().iter_mut() {
             match breaker.state {
                 State::Open { until } if until > now => {
@@ -194,6 +211,7 @@ impl Circuits {
                     breaker.state = State::HalfOpen {
                         trial_running: false,
                     };
+                    half_opened.push(name.clone());
                 }
                 State::HalfOpen {
                     trial_running: true,
@@ -203,6 +221,11 @@ impl Circuits {
                 _ => {}
             }
         }
+        self.events.publish_all(
+            half_opened
+                .into_iter()
+                .map(|target| Event::CircuitHalfOpen { target }),
+        );
         blocked
     }
 
@@ -210,26 +233,39 @@ impl Circuits {
     /// open, or its half-open trial is already running).
     pub fn admit(&self, target: &str) -> Result<(), Millis> {
         let now = self.clock.now_ms();
-        let mut breakers = self.lock();
-        let Some(breaker) = breakers.get_mut(target) else {
-            return Ok(());
-        };
-        match breaker.state {
-            State::Closed => Ok(()),
-            State::Open { until } if until > now => Err(until),
-            State::Open { .. }
-            | State::HalfOpen {
-                trial_running: false,
-            } => {
-                breaker.state = State::HalfOpen {
+        let (admission, half_opened) = {
+            let mut breakers = self.lock();
+            let Some(breaker) = breakers.get_mut(target) else {
+                return Ok(());
+            };
+            match breaker.state {
+                State::Closed => (Ok(()), false),
+                State::Open { until } if until > now => (Err(until), false),
+                State::Open { .. } => {
+                    breaker.state = State::HalfOpen {
+                        trial_running: true,
+                    };
+                    (Ok(()), true)
+                }
+                State::HalfOpen {
+                    trial_running: false,
+                } => {
+                    breaker.state = State::HalfOpen {
+                        trial_running: true,
+                    };
+                    (Ok(()), false)
+                }
+                State::HalfOpen {
                     trial_running: true,
-                };
-                Ok(())
+                } => (Err(now + TRIAL_WAIT_MS), false),
             }
-            State::HalfOpen {
-                trial_running: true,
-            } => Err(now + TRIAL_WAIT_MS),
+        };
+        if half_opened {
+            self.events.publish(Event::CircuitHalfOpen {
+                target: target.to_string(),
+            });
         }
+        admission
     }
 
     /// Feeds an attempt's outcome into `target`'s breaker.
@@ -295,8 +331,10 @@ impl Circuits {
             }
         };
         if let Some(record) = changed {
+            let event = state_event(target, &record);
             self.persist(target, record).await?;
-            self.publish(target);
+            self.publish_gauge(target);
+            self.events.publish(event);
         }
         Ok(())
     }
@@ -304,11 +342,7 @@ impl Circuits {
     async fn persist(&self, target: &str, record: CircuitRecord) -> Result<(), StoreError> {
         let name = target.to_string();
         self.store
-            .write(move |tx| -> Result<(), StoreError> {
-                tx.open_table(CIRCUITS)?
-                    .insert(name.as_str(), codec::encode(&record).as_slice())?;
-                Ok(())
-            })
+            .write(move |tx| Tables::open(tx)?.put_circuit(&name, &record))
             .await
     }
 
@@ -353,35 +387,50 @@ impl Circuits {
 
     /// Closes a circuit by hand (audited).
     pub async fn reset(&self, actor: &str, name: &str) -> Result<CircuitView, CircuitError> {
-        let record = {
+        let (record, was_closed) = {
             let mut breakers = self.lock();
             let breaker = breakers
                 .get_mut(name)
                 .ok_or_else(|| CircuitError::NotFound(name.to_string()))?;
+            let was_closed = breaker.state == State::Closed;
             breaker.state = State::Closed;
             breaker.window.clear();
             breaker.failure_ratio = 0.0;
-            breaker.record()
+            (breaker.record(), was_closed)
         };
         let now = self.clock.now_ms();
         let audit = Arc::clone(&self.audit);
         let (key, actor) = (name.to_string(), actor.to_string());
         self.store
             .write(move |tx| -> Result<(), StoreError> {
-                tx.open_table(CIRCUITS)?
-                    .insert(key.as_str(), codec::encode(&record).as_slice())?;
+                Tables::open(tx)?.put_circuit(&key, &record)?;
                 audit.append(
                     tx,
                     now,
-                    &Event::new(actor.clone(), "circuit.reset", key.clone()),
+                    &AuditEvent::new(actor.clone(), "circuit.reset", key.clone()),
                 )?;
                 Ok(())
             })
             .await?;
-        self.publish(name);
+        self.publish_gauge(name);
+        if !was_closed {
+            self.events.publish(Event::CircuitClosed {
+                target: name.to_string(),
+            });
+        }
         self.list()
             .into_iter()
             .find(|c| c.name == name)
             .ok_or_else(|| CircuitError::NotFound(name.to_string()))
+    }
+}
+
+/// The event a persisted state change of `target` publishes.
+fn state_event(target: &str, record: &CircuitRecord) -> Event {
+    let target = target.to_string();
+    match record.state.as_str() {
+        "open" => Event::CircuitOpened { target },
+        "half_open" => Event::CircuitHalfOpen { target },
+        _ => Event::CircuitClosed { target },
     }
 }

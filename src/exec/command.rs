@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::queue::{HandlerSnapshot, Outcome, Queue, Receipt, Task};
+use super::snapshot::HandlerSnapshot;
+use crate::queue::{Outcome, Queue, Receipt, Task};
 
 /// Kills a process group when dropped (the task's future was dropped or timed out).
 struct GroupGuard(Option<i32>);
@@ -38,14 +39,14 @@ impl CommandExecutor {
         CommandExecutor { queue, result_max }
     }
 
-    /// Runs one attempt of `task`.
-    pub async fn run(&self, task: &Task) -> Outcome {
+    /// Runs one attempt of `task`, whose handler is `handler`.
+    pub async fn run(&self, task: &Task, handler: &HandlerSnapshot) -> Outcome {
         let HandlerSnapshot::Command {
             program,
             args,
             working_dir,
             env_allow,
-        } = &task.handler
+        } = handler
         else {
             return Outcome::Fail {
                 class: "handler_mismatch".into(),

@@ -12,8 +12,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use super::snapshot::{HandlerSnapshot, url_host};
 use crate::clock::SharedClock;
-use crate::queue::{HandlerSnapshot, Outcome, Receipt, Task, url_host};
+use crate::queue::{Outcome, Receipt, Task};
 
 /// Bytes of an answer kept in a receipt.
 const RECEIPT_BYTES: usize = 1024;
@@ -96,15 +97,15 @@ impl HttpExecutor {
         )
     }
 
-    /// Delivers one attempt of `task`.
-    pub async fn run(&self, task: &Task) -> Outcome {
+    /// Delivers one attempt of `task`, whose handler is `handler`.
+    pub async fn run(&self, task: &Task, handler: &HandlerSnapshot) -> Outcome {
         let HandlerSnapshot::Http {
             url,
             method,
             token,
             signing_secret,
             target_concurrency,
-        } = &task.handler
+        } = handler
         else {
             return Outcome::Fail {
                 class: "handler_mismatch".into(),

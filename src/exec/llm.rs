@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::http::retry_after_ms;
+use super::snapshot::HandlerSnapshot;
 use crate::budget::{Budgets, Refusal, Spend, cost_micros, estimate_prompt_tokens};
 use crate::clock::SharedClock;
-use crate::queue::{HandlerSnapshot, Outcome, Receipt, Task};
+use crate::queue::{Outcome, Receipt, Task};
 
 /// Bytes of an answer kept in a receipt.
 const RECEIPT_BYTES: usize = 1024;
@@ -169,8 +170,8 @@ impl LlmExecutor {
         }
     }
 
-    /// Runs one attempt of `task`.
-    pub async fn run(&self, task: &Task) -> Outcome {
+    /// Runs one attempt of `task`, whose handler is `handler`.
+    pub async fn run(&self, task: &Task, handler: &HandlerSnapshot) -> Outcome {
         let HandlerSnapshot::Llm {
             provider,
             base_url,
@@ -181,7 +182,7 @@ impl LlmExecutor {
             input_nanos_per_token,
             output_nanos_per_token,
             daily_budget_micros,
-        } = &task.handler
+        } = handler
         else {
             return Outcome::Fail {
                 class: "handler_mismatch".into(),

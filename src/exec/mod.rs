@@ -1,11 +1,17 @@
 //! Executors and the dispatcher: leases ready tasks within the global and per-type concurrency
 //! limits, runs each with its executor (http, command, llm, workflow) behind its target's
-//! circuit breaker, and reports the outcome to the queue.
+//! circuit breaker, and reports the outcome to the queue. Handler snapshots ([`snapshot`]) are
+//! this room's: the queue stores them unread.
+//!
+//! Once the queue recorded the outcome of an http task, its delivery is published on the event
+//! bus ([`Event::DeliveryConfirmed`] or [`Event::DeliveryFailed`]).
 
 pub mod circuit;
 pub mod command;
 pub mod http;
 pub mod llm;
+pub mod snapshot;
+mod tables;
 pub mod workflow;
 
 use std::collections::HashMap;
@@ -22,14 +28,17 @@ use uuid::Uuid;
 use crate::budget::Budgets;
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::events::{Event, EventBus};
 use crate::metrics::{Metrics, Unit};
-use crate::queue::{Completion, HandlerSnapshot, LeaseRequest, Outcome, Queue, Task};
+use crate::queue::{Completion, LeaseRequest, Outcome, Queue, Task};
 use crate::supervisor::{StepFuture, Worker};
 use circuit::Circuits;
 use command::CommandExecutor;
 use http::HttpExecutor;
 use llm::LlmExecutor;
 use workflow::{StepRunner, WorkflowExecutor};
+
+pub use snapshot::{HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, url_host};
 
 /// Runs leased tasks; shared by the dispatcher's spawned executions.
 pub struct Dispatcher {
@@ -41,6 +50,7 @@ pub struct Dispatcher {
     workflow: WorkflowExecutor,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    events: Arc<EventBus>,
     permits: Arc<Semaphore>,
     running_by_type: Mutex<HashMap<String, usize>>,
     cancels: Mutex<HashMap<Uuid, CancellationToken>>,
@@ -49,7 +59,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher for `queue`.
+    /// A dispatcher for `queue`, publishing deliveries on `events`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         queue: Arc<Queue>,
         circuits: Arc<Circuits>,
@@ -58,6 +69,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         budgets: Arc<Budgets>,
         store: Arc<crate::store::Store>,
+        events: Arc<EventBus>,
     ) -> Arc<Dispatcher> {
         let result_max = config.queue.result_max_bytes;
         Arc::new(Dispatcher {
@@ -70,6 +82,7 @@ impl Dispatcher {
             circuits,
             config,
             metrics,
+            events,
             running_by_type: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
@@ -156,6 +169,20 @@ impl Dispatcher {
 
     async fn execute(&self, task: Task) {
         let started = Instant::now();
+        let handler = match HandlerSnapshot::of(&task) {
+            Ok(handler) => handler,
+            Err(e) => {
+                let outcome = Outcome::Fail {
+                    class: "unreadable_handler".into(),
+                    message: e.to_string(),
+                    receipt: None,
+                };
+                self.observe(&task, &outcome, started.elapsed());
+                self.report(&task, outcome).await;
+                self.finished(&task);
+                return;
+            }
+        };
         let admission = self.circuits.admit(&task.target);
         let outcome = match admission {
             Err(until) => Outcome::Defer {
@@ -170,11 +197,13 @@ impl Dispatcher {
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(task.id, cancel.clone());
                 let run = async {
-                    match &task.handler {
-                        HandlerSnapshot::Http { .. } => self.http.run(&task).await,
-                        HandlerSnapshot::Command { .. } => self.command.run(&task).await,
-                        HandlerSnapshot::Llm { .. } => self.llm.run(&task).await,
-                        HandlerSnapshot::Workflow { .. } => self.workflow.run(&task, self).await,
+                    match &handler {
+                        HandlerSnapshot::Http { .. } => self.http.run(&task, &handler).await,
+                        HandlerSnapshot::Command { .. } => self.command.run(&task, &handler).await,
+                        HandlerSnapshot::Llm { .. } => self.llm.run(&task, &handler).await,
+                        HandlerSnapshot::Workflow { .. } => {
+                            self.workflow.run(&task, &handler, self).await
+                        }
                     }
                 };
                 let outcome = if task.cancel_requested {
@@ -201,7 +230,17 @@ impl Dispatcher {
             tracing::warn!(error = %e, "cannot persist circuit state");
         }
         self.observe(&task, &outcome, started.elapsed());
-        self.report(&task, outcome).await;
+        let delivery = delivery_event(&task, &handler, &outcome);
+        if self.report(&task, outcome).await
+            && let Some(event) = delivery
+        {
+            self.events.publish(event);
+        }
+        self.finished(&task);
+    }
+
+    /// Frees the type's slot of a task whose attempt ended.
+    fn finished(&self, task: &Task) {
         if let Some(n) = self
             .running_by_type
             .lock()
@@ -212,15 +251,20 @@ impl Dispatcher {
         }
     }
 
-    async fn report(&self, task: &Task, outcome: Outcome) {
-        let Some(lease) = task.lease else { return };
+    /// Reports an attempt's outcome to the queue; whether it was recorded.
+    async fn report(&self, task: &Task, outcome: Outcome) -> bool {
+        let Some(lease) = task.lease else {
+            return false;
+        };
         match self.queue.complete(task.id, lease.id, outcome).await {
-            Ok(Completion::Applied(_)) => {}
+            Ok(Completion::Applied(_)) => true,
             Ok(Completion::LeaseLost) => {
                 tracing::warn!(task = %task.id, "attempt finished after its lease was taken back; its report was ignored");
+                false
             }
             Err(e) => {
                 tracing::error!(task = %task.id, error = %e, "cannot record the attempt; the reaper will return the task");
+                false
             }
         }
     }
@@ -288,11 +332,27 @@ impl Dispatcher {
     }
 }
 
+/// The event of an http task's delivery attempt that ended with `outcome`.
+fn delivery_event(task: &Task, handler: &HandlerSnapshot, outcome: &Outcome) -> Option<Event> {
+    let HandlerSnapshot::Http { url, .. } = handler else {
+        return None;
+    };
+    let (task_id, target) = (task.id, url_host(url));
+    match outcome {
+        Outcome::Succeeded { .. } => Some(Event::DeliveryConfirmed { task_id, target }),
+        Outcome::Retry { .. } | Outcome::Fail { .. } => {
+            Some(Event::DeliveryFailed { task_id, target })
+        }
+        Outcome::Defer { .. } | Outcome::Cancelled | Outcome::Interrupted => None,
+    }
+}
+
 impl StepRunner for Dispatcher {
     /// A workflow step: the step's own executor behind the step target's circuit breaker.
     fn run_step<'a>(
         &'a self,
         step: &'a Task,
+        handler: &'a HandlerSnapshot,
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>> {
         Box::pin(async move {
             if let Err(until) = self.circuits.admit(&step.target) {
@@ -302,10 +362,10 @@ impl StepRunner for Dispatcher {
                     until,
                 };
             }
-            let outcome = match &step.handler {
-                HandlerSnapshot::Http { .. } => self.http.run(step).await,
-                HandlerSnapshot::Command { .. } => self.command.run(step).await,
-                HandlerSnapshot::Llm { .. } => self.llm.run(step).await,
+            let outcome = match handler {
+                HandlerSnapshot::Http { .. } => self.http.run(step, handler).await,
+                HandlerSnapshot::Command { .. } => self.command.run(step, handler).await,
+                HandlerSnapshot::Llm { .. } => self.llm.run(step, handler).await,
                 HandlerSnapshot::Workflow { .. } => Outcome::Fail {
                     class: "handler_mismatch".into(),
                     message: "a workflow step cannot be another workflow".into(),

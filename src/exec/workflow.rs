@@ -8,8 +8,10 @@
 //!   workflow's result is the last step's result.
 //! - The task's timeout covers one run of the whole workflow (steps restored from checkpoints
 //!   take no time); past it the task fails with error class `timeout` (dead, not retried).
-//! - Each step's handler was snapshotted at enqueue (see [`crate::queue::WorkflowStep`]), so
+//! - Each step's handler was snapshotted at enqueue (see [`super::WorkflowStep`]), so
 //!   configuration changes never alter a queued workflow.
+//! - A task's checkpoints are deleted with the task ([`CheckpointCleanup`], told by the queue in
+//!   the transaction that deletes it).
 //! - An http step is delivered with its own `webhook-id`, derived from the task id and the step
 //!   index: stable across retries, distinct between steps.
 //!
@@ -33,16 +35,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redb::TableHandle;
+use redb::WriteTransaction;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::snapshot::{HandlerSnapshot, WorkflowStep};
+use super::tables::{ReadTables, ReadableTables, Tables};
 use crate::clock::{Millis, SharedClock};
-use crate::queue::{HandlerSnapshot, Outcome, Queue, Task, WorkflowStep};
-use crate::store::codec::{self, Record};
-use crate::store::tables::exec::WORKFLOW_STEPS;
+use crate::queue::{Outcome, Queue, Task, TaskRemoval};
+use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
 use crate::template::{Piece, pieces};
 pub use crate::template::{Placeholder, template_placeholders};
@@ -163,19 +166,17 @@ pub async fn checkpoints(
     task: Uuid,
 ) -> Result<BTreeMap<u32, StepCheckpoint>, StoreError> {
     store
-        .read(move |tx| -> Result<_, StoreError> {
-            let table = tx.open_table(WORKFLOW_STEPS)?;
-            let mut out = BTreeMap::new();
-            for row in table.range((task.as_u128(), 0)..=(task.as_u128(), u32::MAX))? {
-                let (k, v) = row?;
-                let index = k.value().1;
-                let record: StepCheckpoint =
-                    codec::decode(WORKFLOW_STEPS.name(), format!("{task}/{index}"), v.value())?;
-                out.insert(index, record);
-            }
-            Ok(out)
-        })
+        .read(move |tx| ReadTables::open(tx)?.step_checkpoints(task))
         .await
+}
+
+/// Deletes the step checkpoints of tasks the queue deletes, in the same transaction.
+pub struct CheckpointCleanup;
+
+impl TaskRemoval for CheckpointCleanup {
+    fn tasks_removed(&self, tx: &WriteTransaction, ids: &[Uuid]) -> Result<(), StoreError> {
+        Tables::open(tx)?.remove_checkpoints(ids)
+    }
 }
 
 /// The stable id an http step is delivered under (its `webhook-id`).
@@ -191,9 +192,13 @@ pub fn step_delivery_id(task: Uuid, index: usize) -> Uuid {
 
 /// Runs one step the way a standalone task of its handler runs (behind its circuit breaker).
 pub trait StepRunner: Send + Sync {
-    /// Runs `step` (a view of the workflow task with the step's handler and payload).
-    fn run_step<'a>(&'a self, step: &'a Task)
-    -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
+    /// Runs `step` (a view of the workflow task with the step's target and payload) with the
+    /// step's `handler`.
+    fn run_step<'a>(
+        &'a self,
+        step: &'a Task,
+        handler: &'a HandlerSnapshot,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 }
 
 /// Runs workflow tasks.
@@ -254,9 +259,15 @@ impl WorkflowExecutor {
         }
     }
 
-    /// Runs one attempt of workflow `task`, its steps through `runner`.
-    pub async fn run(&self, task: &Task, runner: &dyn StepRunner) -> Outcome {
-        let HandlerSnapshot::Workflow { steps } = &task.handler else {
+    /// Runs one attempt of workflow `task` (whose handler is `handler`), its steps through
+    /// `runner`.
+    pub async fn run(
+        &self,
+        task: &Task,
+        handler: &HandlerSnapshot,
+        runner: &dyn StepRunner,
+    ) -> Outcome {
+        let HandlerSnapshot::Workflow { steps } = handler else {
             return Outcome::Fail {
                 class: "handler_mismatch".into(),
                 message: "the workflow executor got a task of another kind".into(),
@@ -351,7 +362,7 @@ impl WorkflowExecutor {
             let view = step_view(task, i, step, step_payload, remaining);
             self.log(task.id, format!("{label}: running ({})", step.handler_type))
                 .await;
-            match runner.run_step(&view).await {
+            match runner.run_step(&view, &step.handler).await {
                 Outcome::Succeeded { result, receipt } => {
                     let checkpoint = StepCheckpoint {
                         name: step.name.clone(),
@@ -359,14 +370,10 @@ impl WorkflowExecutor {
                         finished_at: self.clock.now_ms(),
                         attempt,
                     };
-                    let (id, index) = (task.id.as_u128(), i as u32);
+                    let (id, index) = (task.id, i as u32);
                     let saved = self
                         .store
-                        .write(move |tx| -> Result<(), StoreError> {
-                            tx.open_table(WORKFLOW_STEPS)?
-                                .insert((id, index), codec::encode(&checkpoint).as_slice())?;
-                            Ok(())
-                        })
+                        .write(move |tx| Tables::open(tx)?.put_checkpoint(id, index, &checkpoint))
                         .await;
                     if let Err(e) = saved {
                         return Outcome::Retry {
@@ -415,7 +422,7 @@ fn step_view(
         view.id = step_delivery_id(task.id, index);
     }
     view.task_type = step.handler_type.clone();
-    view.handler = step.handler.clone();
+    view.handler = step.handler.to_snapshot();
     view.target = step.target.clone();
     view.payload = payload;
     // A little past the workflow's deadline, so the workflow's own timeout fires first.

@@ -18,25 +18,27 @@ use super::api::{ApiJson, ApiQuery, parse_id};
 use super::error::ApiError;
 use crate::auth::Principal;
 use crate::clock::rfc3339;
-use crate::queue::{HandlerSnapshot, NewTask, Status, Task, TaskFilter};
+use crate::exec::HandlerSnapshot;
+use crate::queue::{NewTask, Status, Task, TaskFilter};
 
 /// A task as the API shows it: everything but the handler's secrets.
 pub fn task_json(t: &Task) -> Value {
-    let handler = match &t.handler {
-        HandlerSnapshot::Http { url, method, .. } => {
+    let handler = match HandlerSnapshot::of(t) {
+        Ok(HandlerSnapshot::Http { url, method, .. }) => {
             json!({"kind": "http", "url": url, "method": method})
         }
-        HandlerSnapshot::Command { program, args, .. } => {
+        Ok(HandlerSnapshot::Command { program, args, .. }) => {
             json!({"kind": "command", "program": program, "args": args})
         }
-        HandlerSnapshot::Llm {
+        Ok(HandlerSnapshot::Llm {
             provider, model, ..
-        } => json!({"kind": "llm", "provider": provider, "model": model}),
-        HandlerSnapshot::Workflow { steps } => json!({
+        }) => json!({"kind": "llm", "provider": provider, "model": model}),
+        Ok(HandlerSnapshot::Workflow { steps }) => json!({
             "kind": "workflow",
             "steps": steps.iter().map(|s| json!({"name": s.name, "handler": s.handler_type}))
                 .collect::<Vec<_>>(),
         }),
+        Err(e) => json!({"kind": "unreadable", "error": e.to_string()}),
     };
     let attempts: Vec<Value> = t
         .attempts

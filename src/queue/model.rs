@@ -1,11 +1,16 @@
-//! The queue's stored shapes: tasks, attempts, receipts and the handler snapshot taken at
-//! enqueue.
+//! The queue's model: the stored shapes (tasks, attempts, receipts, leases and the opaque handler
+//! snapshot a task carries) and the shapes of its API (new tasks, outcomes, filters, pages).
+//! Version-1 task records held the snapshot inline; they are read through [`TaskV1`] and
+//! upgraded.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::clock::Millis;
-use crate::store::codec::Record;
+use crate::store::codec::{self, Record};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -90,78 +95,36 @@ impl std::str::FromStr for Status {
     }
 }
 
-/// How a task is executed, copied from the configuration when it was enqueued so that later
-/// configuration changes never alter it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HandlerSnapshot {
-    /// Send the payload over HTTP.
-    Http {
-        /// Target URL.
-        url: String,
-        /// Method.
-        method: String,
-        /// Bearer token.
-        token: Option<String>,
-        /// Standard Webhooks signing secret.
-        signing_secret: Option<String>,
-        /// Requests in flight to the host at once.
-        target_concurrency: u32,
-    },
-    /// Run a local program.
-    Command {
-        /// Program path.
-        program: String,
-        /// Arguments.
-        args: Vec<String>,
-        /// Working directory.
-        working_dir: Option<String>,
-        /// Environment variables passed through.
-        env_allow: Vec<String>,
-    },
-    /// Ask an OpenAI-compatible chat-completions endpoint, within the provider's daily budget.
-    Llm {
-        /// Provider name (budget, ledger and circuit target `llm:<provider>`).
-        provider: String,
-        /// Base URL; the request goes to `<base_url>/chat/completions`.
-        base_url: String,
-        /// Bearer API key.
-        api_key: Option<String>,
-        /// Model name.
-        model: String,
-        /// `max_tokens` when the payload gives none.
-        default_max_tokens: u32,
-        /// The provider's cap on `max_tokens`.
-        max_tokens_cap: u32,
-        /// Price of one prompt token, in nano-USD.
-        input_nanos_per_token: u64,
-        /// Price of one completion token, in nano-USD.
-        output_nanos_per_token: u64,
-        /// The provider's daily budget at enqueue (micro-USD), used only when the provider is no
-        /// longer configured.
-        daily_budget_micros: u64,
-    },
-    /// Run other handlers as ordered steps, checkpointing each finished step.
-    Workflow {
-        /// The steps, in order.
-        steps: Vec<WorkflowStep>,
-    },
-}
+/// How a task runs, recorded by the room that runs it when the task is enqueued: an opaque
+/// versioned record (`[version][postcard]`) that the queue stores and hands back unread.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Snapshot(Vec<u8>);
 
-/// One step of a workflow, snapshotted at enqueue like any handler.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkflowStep {
-    /// Step name (`{{steps.<name>.result}}`).
-    pub name: String,
-    /// The task type whose handler runs it.
-    pub handler_type: String,
-    /// How it runs (never a workflow).
-    pub handler: HandlerSnapshot,
-    /// Its circuit breaker target.
-    pub target: String,
-    /// Time allowed for the step, from its handler.
-    pub timeout_ms: u64,
-    /// The payload template as JSON text; `None` sends the workflow's payload.
-    pub payload_template: Option<String>,
+impl Snapshot {
+    /// The snapshot of `record`.
+    pub fn encode<T: Record>(record: &T) -> Snapshot {
+        Snapshot(codec::encode(record))
+    }
+
+    /// A snapshot from its stored bytes.
+    pub fn from_bytes(bytes: Vec<u8>) -> Snapshot {
+        Snapshot(bytes)
+    }
+
+    /// The stored bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Decodes the record; the error says why it is unreadable.
+    pub fn decode<T: Record>(&self) -> Result<T, String> {
+        let (&version, body) = self
+            .0
+            .split_first()
+            .ok_or_else(|| "empty handler snapshot".to_string())?;
+        T::decode_versioned(version, body)
+    }
 }
 
 /// What an HTTP (or other) target answered to one attempt.
@@ -236,8 +199,8 @@ pub struct Task {
     pub attempts_before_requeue: u32,
     /// Time allowed for one attempt.
     pub timeout_ms: u64,
-    /// How it runs.
-    pub handler: HandlerSnapshot,
+    /// How it runs, as the room that runs it recorded it at enqueue.
+    pub handler: Snapshot,
     /// Circuit breaker target (URL host or handler name).
     pub target: String,
     /// Every attempt so far.
@@ -251,7 +214,7 @@ pub struct Task {
 }
 
 impl Record for Task {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 }
 
 impl Task {
@@ -275,19 +238,190 @@ impl Task {
     }
 }
 
-/// Persisted state of one circuit breaker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CircuitRecord {
-    /// `closed`, `open` or `half_open`.
-    pub state: String,
-    /// When it last opened.
-    pub opened_at: Option<Millis>,
-    /// When an open circuit lets a trial through.
-    pub open_until: Option<Millis>,
-    /// Failure ratio that opened it.
-    pub failure_ratio: f64,
+/// A task to enqueue.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    /// Task type; must have a configured handler.
+    pub task_type: String,
+    /// Opaque JSON payload.
+    pub payload: Value,
+    /// Lower runs first (default 100).
+    pub priority: Option<u32>,
+    /// Returns the existing task when seen before within the retention window.
+    pub idempotency_key: Option<String>,
+    /// Earliest start (epoch ms).
+    pub run_at: Option<Millis>,
+    /// Attempts before the task is dead.
+    pub max_attempts: Option<u32>,
+    /// Time allowed per attempt, in seconds.
+    pub timeout_s: Option<u64>,
 }
 
-impl Record for CircuitRecord {
-    const VERSION: u8 = 1;
+/// What `enqueue` did.
+#[derive(Debug, Clone)]
+pub struct Enqueued {
+    /// The task (new, or the one the idempotency key already named).
+    pub task: Task,
+    /// Whether it was created by this call.
+    pub created: bool,
+}
+
+/// How an attempt ended, as reported by an executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; the result is stored (size-capped).
+    Succeeded {
+        /// Result text.
+        result: Option<String>,
+        /// What the target answered.
+        receipt: Option<Receipt>,
+    },
+    /// Failed in a way worth retrying.
+    Retry {
+        /// Error class.
+        class: String,
+        /// Message.
+        message: String,
+        /// The target asked to wait this long (ms).
+        retry_after_ms: Option<u64>,
+        /// What the target answered.
+        receipt: Option<Receipt>,
+    },
+    /// Failed for good: straight to the dead-letter queue.
+    Fail {
+        /// Error class.
+        class: String,
+        /// Message.
+        message: String,
+        /// What the target answered.
+        receipt: Option<Receipt>,
+    },
+    /// Not run now (an open circuit, a spent budget): wait until then without using an attempt.
+    Defer {
+        /// Error class shown on the attempt (`deferred`, `budget_exceeded`).
+        class: String,
+        /// Why.
+        reason: String,
+        /// When to try again (epoch ms).
+        until: Millis,
+    },
+    /// Stopped because cancellation was asked for.
+    Cancelled,
+    /// Stopped by shutdown: runs again after restart without using an attempt.
+    Interrupted,
+}
+
+/// Whether a completion was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The task moved on.
+    Applied(Status),
+    /// The lease was no longer held (expired and taken back): the report was ignored.
+    LeaseLost,
+}
+
+/// Filter for listing tasks.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this type.
+    pub task_type: Option<String>,
+    /// At most this many (1..=1000).
+    pub limit: usize,
+    /// Continue after this id (from `next_cursor`).
+    pub cursor: Option<Uuid>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    /// Tasks, newest first.
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Options for leasing.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseRequest {
+    /// Most tasks to lease.
+    pub max: usize,
+    /// Task types at their concurrency limit, with the room left for others (0 = none).
+    pub type_room: HashMap<String, usize>,
+    /// Targets whose circuit is open, with the time their tasks may be tried again.
+    pub blocked_targets: HashMap<String, Millis>,
+}
+
+/// A version-1 task record: the fields of [`Task`] with the handler snapshot inline (its postcard
+/// body, in the place of [`Task::handler`]). Only the room that runs tasks knows where the inline
+/// snapshot ends, so the record is read in three parts.
+pub(super) struct TaskV1;
+
+/// The fields of a version-1 task record before its inline handler snapshot.
+#[derive(Deserialize)]
+struct TaskV1Head {
+    id: Uuid,
+    task_type: String,
+    payload: String,
+    priority: u32,
+    idempotency_key: Option<String>,
+    status: Status,
+    created_by: String,
+    created_at: Millis,
+    updated_at: Millis,
+    due_at: Millis,
+    finished_at: Option<Millis>,
+    max_attempts: u32,
+    attempts_before_requeue: u32,
+    timeout_ms: u64,
+}
+
+/// The fields of a version-1 task record after its inline handler snapshot.
+#[derive(Deserialize)]
+struct TaskV1Tail {
+    target: String,
+    attempts: Vec<Attempt>,
+    lease: Option<Lease>,
+    result: Option<String>,
+    cancel_requested: bool,
+}
+
+impl TaskV1 {
+    /// The version.
+    pub(super) const VERSION: u8 = 1;
+
+    /// Reads a version-1 body (after its version byte) as a current task; `split_inline`
+    /// separates the inline handler snapshot from the fields after it.
+    pub(super) fn upgrade(
+        body: &[u8],
+        split_inline: impl FnOnce(&[u8]) -> Result<(Snapshot, &[u8]), String>,
+    ) -> Result<Task, String> {
+        let (head, rest) =
+            postcard::take_from_bytes::<TaskV1Head>(body).map_err(|e| e.to_string())?;
+        let (handler, rest) = split_inline(rest)?;
+        let tail: TaskV1Tail = postcard::from_bytes(rest).map_err(|e| e.to_string())?;
+        Ok(Task {
+            id: head.id,
+            task_type: head.task_type,
+            payload: head.payload,
+            priority: head.priority,
+            idempotency_key: head.idempotency_key,
+            status: head.status,
+            created_by: head.created_by,
+            created_at: head.created_at,
+            updated_at: head.updated_at,
+            due_at: head.due_at,
+            finished_at: head.finished_at,
+            max_attempts: head.max_attempts,
+            attempts_before_requeue: head.attempts_before_requeue,
+            timeout_ms: head.timeout_ms,
+            handler,
+            target: tail.target,
+            attempts: tail.attempts,
+            lease: tail.lease,
+            result: tail.result,
+            cancel_requested: tail.cancel_requested,
+        })
+    }
 }

@@ -17,9 +17,10 @@ use super::{
     AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
     time_opt,
 };
+use crate::exec::HandlerSnapshot;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::queue::{HandlerSnapshot, NewTask, QueueError, Status, Task, TaskFilter};
+use crate::queue::{NewTask, QueueError, Status, Task, TaskFilter};
 
 /// Tasks per page.
 const PAGE: usize = 50;
@@ -374,16 +375,17 @@ pub struct TaskView {
     pub finished: bool,
 }
 
-fn handler_summary(h: &HandlerSnapshot) -> String {
-    match h {
-        HandlerSnapshot::Http { url, method, .. } => format!("http {method} {url}"),
-        HandlerSnapshot::Command { program, args, .. } => {
+fn handler_summary(t: &Task) -> String {
+    match HandlerSnapshot::of(t) {
+        Ok(HandlerSnapshot::Http { url, method, .. }) => format!("http {method} {url}"),
+        Ok(HandlerSnapshot::Command { program, args, .. }) => {
             format!("command {program} {}", args.join(" "))
         }
-        HandlerSnapshot::Llm {
+        Ok(HandlerSnapshot::Llm {
             provider, model, ..
-        } => format!("llm {provider} / {model}"),
-        HandlerSnapshot::Workflow { steps } => format!(
+        }) => format!("llm {provider} / {model}"),
+        Err(e) => format!("unreadable: {e}"),
+        Ok(HandlerSnapshot::Workflow { steps }) => format!(
             "workflow: {}",
             steps
                 .iter()
@@ -430,7 +432,7 @@ fn view(t: &Task, now: i64, created_by: String) -> TaskView {
         task_type: t.task_type.clone(),
         status: t.status.as_str(),
         facts,
-        handler: handler_summary(&t.handler),
+        handler: handler_summary(t),
         payload: pretty_json(&t.payload),
         result: t.result.as_deref().map(pretty_json),
         finished: t.status.is_final(),

@@ -1,46 +1,17 @@
-//! Inbound webhooks: verifies deliveries (Standard Webhooks, GitHub, a bearer token) over the raw
-//! body in constant time, refuses replays, records rejections, and turns accepted deliveries
-//! into tasks through [`Queue::enqueue`].
-//!
-//! Invariants:
-//! - Nothing is created unless the delivery verified: headers first (missing → 401), then the
-//!   signature (empty, short or undecodable signatures are refused before any comparison; the
-//!   comparison itself is constant time), then the delivery id and the JSON body (400).
-//! - A delivery id is refused as a duplicate (200, nothing created) while its mark in
-//!   `inbox_seen` lasts (`inbox.replay_retention_seconds`) and, behind it, while the task's
-//!   idempotency key `hook:<source>:<delivery id>` lasts (`queue.idempotency_retention_seconds`,
-//!   validated to be at least as long). The task is enqueued before the mark is written, so a
-//!   crash between the two still finds the delivery through the idempotency key.
-//! - Rejections are recorded (source, time, reason, peer address, delivery id) without the body
-//!   or any secret, in a table bounded to `inbox.max_rejections` rows. They are not audited;
-//!   accepted deliveries are, by the queue's `task.enqueue` entry (actor `hook:<source>`).
-//! - The task payload is the body's JSON as sent; a body that is not JSON is refused (400
-//!   `invalid_payload`), since every sender keel verifies sends JSON.
-//! - GitHub signatures are hex: upper- and lower-case digits are both accepted (the decoded
-//!   bytes are compared); the `sha256=` prefix must be lower-case, as GitHub sends it.
+//! Verifying inbound deliveries: the request as the inbox sees it, the reasons a delivery is
+//! refused, and the three schemes (Standard Webhooks, GitHub, a bearer token), each checked over
+//! the raw body in constant time.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use redb::{ReadableTable, ReadableTableMetadata, TableHandle};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-use uuid::Uuid;
 
-use crate::clock::{Millis, SharedClock};
-use crate::config::{Config, InboxScheme, InboxSourceConfig, Secret};
+use crate::clock::Millis;
+use crate::config::{InboxScheme, InboxSourceConfig, Secret};
 use crate::exec::http::standard_webhooks_signature;
-use crate::metrics::Metrics;
-use crate::queue::{NewTask, Queue, QueueError};
-use crate::store::codec::{self, Record};
-use crate::store::tables::inbox::{INBOX_REJECTIONS, INBOX_SEEN, INBOX_SEEN_EXPIRY};
-use crate::store::{Store, StoreError};
-use crate::supervisor::{StepFuture, Worker};
 
 /// Bytes of an HMAC-SHA256.
 const MAC_LEN: usize = 32;
@@ -48,8 +19,6 @@ const MAC_LEN: usize = 32;
 pub const MAX_DELIVERY_ID: usize = 180;
 /// Most signatures looked at in one `webhook-signature` header.
 const MAX_SIGNATURES: usize = 16;
-/// Seen marks removed per write while pruning.
-const PRUNE_BATCH: usize = 5000;
 
 /// Delivery id headers tried, in order, for a bearer source without `delivery_id_header`.
 pub const DEFAULT_DELIVERY_ID_HEADERS: [&str; 2] = ["idempotency-key", "x-delivery-id"];
@@ -152,27 +121,10 @@ impl Rejection {
         }
     }
 
-    fn with_id(mut self, id: &str) -> Self {
+    pub(super) fn with_id(mut self, id: &str) -> Self {
         self.delivery_id = valid_delivery_id(id).then(|| id.to_string());
         self
     }
-}
-
-/// Errors of the inbox room.
-#[derive(Debug, thiserror::Error)]
-pub enum InboxError {
-    /// No such source is configured.
-    #[error("no inbox source named `{0}` is configured")]
-    UnknownSource(String),
-    /// The delivery was refused (and recorded).
-    #[error(transparent)]
-    Rejected(Rejection),
-    /// The queue refused the task.
-    #[error(transparent)]
-    Queue(QueueError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// An inbound request as the inbox sees it.
@@ -214,42 +166,6 @@ impl Delivery {
             .map(|v| v.trim())
             .filter(|v| !v.is_empty())
     }
-}
-
-/// What became of a verified delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
-    /// A new task.
-    Accepted {
-        /// The task.
-        task_id: Uuid,
-    },
-    /// Seen before: nothing was created.
-    Duplicate {
-        /// The task the first delivery created.
-        task_id: Uuid,
-    },
-}
-
-/// A rejected delivery as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RejectionRecord {
-    /// When (epoch ms, keel's clock).
-    pub at: Millis,
-    /// The source named in the URL.
-    pub source: String,
-    /// [`Reason::code`].
-    pub reason: String,
-    /// What was wrong.
-    pub message: String,
-    /// The peer's address.
-    pub remote_addr: Option<String>,
-    /// The delivery id, when the request carried a usable one.
-    pub delivery_id: Option<String>,
-}
-
-impl Record for RejectionRecord {
-    const VERSION: u8 = 1;
 }
 
 /// Whether `id` is 1 to [`MAX_DELIVERY_ID`] visible ASCII characters.
@@ -476,339 +392,10 @@ fn verify_bearer(
     })
 }
 
-/// The inbox room.
-pub struct Inbox {
-    store: Arc<Store>,
-    queue: Arc<Queue>,
-    clock: SharedClock,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-}
-
-impl Inbox {
-    /// The inbox over `store`, creating tasks through `queue`.
-    pub fn new(
-        store: Arc<Store>,
-        queue: Arc<Queue>,
-        clock: SharedClock,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let inbox = Inbox {
-            store,
-            queue,
-            clock,
-            config,
-            metrics,
-        };
-        // Expose every source's counters from the start, at 0.
-        for name in inbox.config.inbox.sources.keys() {
-            inbox.accepted_counter(name);
-            inbox.replay_counter(name);
-        }
-        inbox
-    }
-
-    fn accepted_counter(&self, source: &str) -> crate::metrics::Counter {
-        self.metrics.counter(
-            "keel_inbox_accepted_total",
-            "Inbound webhook deliveries accepted as new tasks.",
-            &[("source", source)],
-        )
-    }
-
-    fn replay_counter(&self, source: &str) -> crate::metrics::Counter {
-        self.metrics.counter(
-            "keel_inbox_replay_blocked_total",
-            "Inbound webhook deliveries refused as replays of a delivery id seen before.",
-            &[("source", source)],
-        )
-    }
-
-    /// A configured source.
-    pub fn source(&self, name: &str) -> Option<&InboxSourceConfig> {
-        self.config.inbox.sources.get(name)
-    }
-
-    /// Every configured source, by name.
-    pub fn sources(&self) -> impl Iterator<Item = (&String, &InboxSourceConfig)> {
-        self.config.inbox.sources.iter()
-    }
-
-    /// Verifies a delivery to `source_name` and enqueues its task, or refuses it as a replay.
-    /// A refused delivery is recorded and counted before the error returns.
-    pub async fn receive(
-        &self,
-        source_name: &str,
-        delivery: Delivery,
-    ) -> Result<Received, InboxError> {
-        let source = self
-            .source(source_name)
-            .ok_or_else(|| InboxError::UnknownSource(source_name.to_string()))?;
-        let now = self.clock.now_ms();
-        let checked = verify(
-            source,
-            &delivery,
-            now,
-            self.config.inbox.timestamp_tolerance_seconds,
-        )
-        .and_then(|id| {
-            let payload = serde_json::from_slice::<Value>(&delivery.body).map_err(|e| {
-                Rejection::new(
-                    Reason::InvalidPayload,
-                    format!(
-                        "the body is not JSON (line {}, column {})",
-                        e.line(),
-                        e.column()
-                    ),
-                )
-                .with_id(&id)
-            })?;
-            Ok((id, payload))
-        });
-        let (id, payload) = match checked {
-            Ok(x) => x,
-            Err(rejection) => {
-                self.reject(source_name, &rejection, delivery.remote_addr)
-                    .await;
-                return Err(InboxError::Rejected(rejection));
-            }
-        };
-
-        if let Some(task_id) = self.seen(source_name, &id, now).await? {
-            self.replay_counter(source_name).inc();
-            return Ok(Received::Duplicate { task_id });
-        }
-        let enqueued = self
-            .queue
-            .enqueue(
-                &format!("hook:{source_name}"),
-                NewTask {
-                    task_type: source.task_type.clone(),
-                    payload,
-                    idempotency_key: Some(format!("hook:{source_name}:{id}")),
-                    ..NewTask::default()
-                },
-            )
-            .await;
-        let enqueued = match enqueued {
-            Ok(e) => e,
-            Err(e) => {
-                if matches!(e, QueueError::Full { .. }) {
-                    let rejection = Rejection::new(Reason::QueueFull, e.to_string()).with_id(&id);
-                    self.reject(source_name, &rejection, delivery.remote_addr)
-                        .await;
-                }
-                return Err(InboxError::Queue(e));
-            }
-        };
-        let task_id = enqueued.task.id;
-        let expires = now + self.config.inbox.replay_retention_seconds as i64 * 1000;
-        if let Err(e) = self.mark_seen(source_name, &id, task_id, expires).await {
-            // The task is durable and its idempotency key still refuses a replay.
-            tracing::warn!(source = source_name, error = %e, "could not record a delivery id as seen");
-        }
-        if enqueued.created {
-            self.accepted_counter(source_name).inc();
-            Ok(Received::Accepted { task_id })
-        } else {
-            self.replay_counter(source_name).inc();
-            Ok(Received::Duplicate { task_id })
-        }
-    }
-
-    /// Records and counts a refused delivery to a configured source. A failure to record is
-    /// logged: the sender is answered either way.
-    pub async fn reject(&self, source: &str, rejection: &Rejection, remote_addr: Option<String>) {
-        self.metrics
-            .counter(
-                "keel_inbox_rejected_total",
-                "Inbound webhook deliveries refused, by reason.",
-                &[("source", source), ("reason", rejection.reason.code())],
-            )
-            .inc();
-        let record = RejectionRecord {
-            at: self.clock.now_ms(),
-            source: source.to_string(),
-            reason: rejection.reason.code().to_string(),
-            message: rejection.message.clone(),
-            remote_addr,
-            delivery_id: rejection.delivery_id.clone(),
-        };
-        tracing::info!(
-            source,
-            reason = rejection.reason.code(),
-            remote_addr = record.remote_addr.as_deref(),
-            "inbound webhook refused"
-        );
-        let bytes = codec::encode(&record);
-        let id = Uuid::now_v7().as_u128();
-        let max = self.config.inbox.max_rejections;
-        let written = self
-            .store
-            .write(move |tx| -> Result<(), StoreError> {
-                let mut table = tx.open_table(INBOX_REJECTIONS)?;
-                table.insert(id, bytes.as_slice())?;
-                let len = table.len()?;
-                if len > max {
-                    let oldest: Vec<u128> = table
-                        .iter()?
-                        .take((len - max) as usize)
-                        .map(|r| r.map(|(k, _)| k.value()))
-                        .collect::<Result<_, _>>()?;
-                    for key in oldest {
-                        table.remove(key)?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        if let Err(e) = written {
-            tracing::warn!(source, error = %e, "could not record a refused webhook delivery");
-        }
-    }
-
-    /// Recorded rejections, newest first, optionally of one source.
-    pub async fn rejections(
-        &self,
-        source: Option<String>,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, RejectionRecord)>, StoreError> {
-        self.store
-            .read(move |tx| -> Result<_, StoreError> {
-                let table = tx.open_table(INBOX_REJECTIONS)?;
-                let mut out = Vec::new();
-                for row in table.iter()?.rev() {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let (key, value) = row?;
-                    let id = Uuid::from_u128(key.value());
-                    let record: RejectionRecord =
-                        codec::decode(INBOX_REJECTIONS.name(), id, value.value())?;
-                    if source.as_ref().is_none_or(|s| *s == record.source) {
-                        out.push((id, record));
-                    }
-                }
-                Ok(out)
-            })
-            .await
-    }
-
-    /// The task of a delivery id seen within the retention, if any.
-    async fn seen(&self, source: &str, id: &str, now: Millis) -> Result<Option<Uuid>, StoreError> {
-        let (source, id) = (source.to_string(), id.to_string());
-        self.store
-            .read(move |tx| -> Result<_, StoreError> {
-                let entry = tx
-                    .open_table(INBOX_SEEN)?
-                    .get((source.as_str(), id.as_str()))?
-                    .map(|v| v.value());
-                Ok(entry
-                    .filter(|(_, expires)| *expires > now)
-                    .map(|(task, _)| Uuid::from_u128(task)))
-            })
-            .await
-    }
-
-    async fn mark_seen(
-        &self,
-        source: &str,
-        id: &str,
-        task_id: Uuid,
-        expires: Millis,
-    ) -> Result<(), StoreError> {
-        let (source, id) = (source.to_string(), id.to_string());
-        self.store
-            .write(move |tx| -> Result<(), StoreError> {
-                let key = (source.as_str(), id.as_str());
-                let previous = tx
-                    .open_table(INBOX_SEEN)?
-                    .insert(key, (task_id.as_u128(), expires))?
-                    .map(|v| v.value());
-                let mut expiry = tx.open_table(INBOX_SEEN_EXPIRY)?;
-                if let Some((_, old)) = previous {
-                    expiry.remove((old, key.0, key.1))?;
-                }
-                expiry.insert((expires, key.0, key.1), ())?;
-                Ok(())
-            })
-            .await
-    }
-
-    /// Delivery ids remembered now (expired ones included until pruned).
-    pub async fn seen_count(&self) -> Result<u64, StoreError> {
-        self.store
-            .read(|tx| -> Result<u64, StoreError> { Ok(tx.open_table(INBOX_SEEN)?.len()?) })
-            .await
-    }
-
-    /// Forgets delivery ids whose retention has passed; returns how many.
-    pub async fn prune(&self) -> Result<usize, StoreError> {
-        let now = self.clock.now_ms();
-        let mut total = 0;
-        loop {
-            let removed = self
-                .store
-                .write(move |tx| -> Result<usize, StoreError> {
-                    let mut expiry = tx.open_table(INBOX_SEEN_EXPIRY)?;
-                    let due: Vec<(i64, String, String)> = expiry
-                        .range(..=(now, "\u{10ffff}", "\u{10ffff}"))?
-                        .take(PRUNE_BATCH)
-                        .map(|r| {
-                            r.map(|(k, _)| {
-                                let (at, source, id) = k.value();
-                                (at, source.to_string(), id.to_string())
-                            })
-                        })
-                        .collect::<Result<_, _>>()?;
-                    let mut seen = tx.open_table(INBOX_SEEN)?;
-                    for (at, source, id) in &due {
-                        expiry.remove((*at, source.as_str(), id.as_str()))?;
-                        let current = seen.get((source.as_str(), id.as_str()))?.map(|v| v.value());
-                        if current.is_some_and(|(_, expires)| expires == *at) {
-                            seen.remove((source.as_str(), id.as_str()))?;
-                        }
-                    }
-                    Ok(due.len())
-                })
-                .await?;
-            total += removed;
-            if removed < PRUNE_BATCH {
-                return Ok(total);
-            }
-        }
-    }
-}
-
-/// Forgets expired delivery ids every minute.
-pub struct InboxPrune {
-    /// The inbox.
-    pub inbox: Arc<Inbox>,
-}
-
-impl Worker for InboxPrune {
-    fn name(&self) -> &'static str {
-        "inbox-prune"
-    }
-    fn interval(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-    fn step(&mut self) -> StepFuture<'_> {
-        Box::pin(async move {
-            self.inbox
-                .prune()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CommandHandlerConfig, HandlerConfig};
+    use crate::config::{CommandHandlerConfig, Config, HandlerConfig};
 
     const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const SW_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";

@@ -1,0 +1,317 @@
+//! Handler snapshots: how a task runs, copied from the configuration when it is enqueued so that
+//! later configuration changes never alter it. The queue keeps a snapshot as an opaque record
+//! in the task ([`crate::queue::Snapshot`]); this room takes it ([`Snapshots`], wired into the
+//! queue at assembly), reads it back ([`HandlerSnapshot::of`]) and runs it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, HandlerConfig};
+use crate::queue::{Handlers, Handling, Snapshot, Task};
+use crate::store::StoreError;
+use crate::store::codec::Record;
+
+/// How a task is executed, as snapshotted at enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandlerSnapshot {
+    /// Send the payload over HTTP.
+    Http {
+        /// Target URL.
+        url: String,
+        /// Method.
+        method: String,
+        /// Bearer token.
+        token: Option<String>,
+        /// Standard Webhooks signing secret.
+        signing_secret: Option<String>,
+        /// Requests in flight to the host at once.
+        target_concurrency: u32,
+    },
+    /// Run a local program.
+    Command {
+        /// Program path.
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+        /// Working directory.
+        working_dir: Option<String>,
+        /// Environment variables passed through.
+        env_allow: Vec<String>,
+    },
+    /// Ask an OpenAI-compatible chat-completions endpoint, within the provider's daily budget.
+    Llm {
+        /// Provider name (budget, ledger and circuit target `llm:<provider>`).
+        provider: String,
+        /// Base URL; the request goes to `<base_url>/chat/completions`.
+        base_url: String,
+        /// Bearer API key.
+        api_key: Option<String>,
+        /// Model name.
+        model: String,
+        /// `max_tokens` when the payload gives none.
+        default_max_tokens: u32,
+        /// The provider's cap on `max_tokens`.
+        max_tokens_cap: u32,
+        /// Price of one prompt token, in nano-USD.
+        input_nanos_per_token: u64,
+        /// Price of one completion token, in nano-USD.
+        output_nanos_per_token: u64,
+        /// The provider's daily budget at enqueue (micro-USD), used only when the provider is no
+        /// longer configured.
+        daily_budget_micros: u64,
+    },
+    /// Run other handlers as ordered steps, checkpointing each finished step.
+    Workflow {
+        /// The steps, in order.
+        steps: Vec<WorkflowStep>,
+    },
+}
+
+impl Record for HandlerSnapshot {
+    const VERSION: u8 = 1;
+}
+
+impl HandlerSnapshot {
+    /// The handler snapshot stored in `task`.
+    pub fn of(task: &Task) -> Result<HandlerSnapshot, StoreError> {
+        task.handler.decode().map_err(|reason| StoreError::Corrupt {
+            table: "handler snapshot of task".into(),
+            key: task.id.to_string(),
+            reason,
+        })
+    }
+
+    /// The snapshot as the queue stores it.
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot::encode(self)
+    }
+}
+
+/// One step of a workflow, snapshotted at enqueue like any handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowStep {
+    /// Step name (`{{steps.<name>.result}}`).
+    pub name: String,
+    /// The task type whose handler runs it.
+    pub handler_type: String,
+    /// How it runs (never a workflow).
+    pub handler: HandlerSnapshot,
+    /// Its circuit breaker target.
+    pub target: String,
+    /// Time allowed for the step, from its handler.
+    pub timeout_ms: u64,
+    /// The payload template as JSON text; `None` sends the workflow's payload.
+    pub payload_template: Option<String>,
+}
+
+/// An HTTP target given by the caller instead of a configured handler (cycle dispatch
+/// endpoints); it is snapshotted into the task like any handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// Target URL.
+    pub url: String,
+    /// Method.
+    pub method: String,
+    /// Bearer token.
+    pub token: Option<String>,
+    /// Standard Webhooks signing secret.
+    pub signing_secret: Option<String>,
+    /// Time allowed per attempt, in seconds.
+    pub timeout_seconds: u64,
+    /// Requests in flight to the host at once.
+    pub target_concurrency: u32,
+}
+
+impl HttpTarget {
+    /// How a task sent to this target runs, for [`crate::queue::Queue::prepare`].
+    pub fn handling(&self) -> Handling {
+        Handling {
+            snapshot: HandlerSnapshot::Http {
+                url: self.url.clone(),
+                method: self.method.clone(),
+                token: self.token.clone(),
+                signing_secret: self.signing_secret.clone(),
+                target_concurrency: self.target_concurrency,
+            }
+            .to_snapshot(),
+            target: format!("http:{}", url_host(&self.url)),
+            timeout_s: self.timeout_seconds,
+            max_attempts: None,
+        }
+    }
+}
+
+/// The host of an http(s) URL, for circuit and concurrency targets.
+pub fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority
+        .rsplit('@')
+        .next()
+        .unwrap_or(authority)
+        .to_ascii_lowercase()
+}
+
+/// A handler snapshot with its circuit target, timeout and attempts, before it is stored.
+struct Resolved {
+    handler: HandlerSnapshot,
+    target: String,
+    timeout_s: u64,
+    max_attempts: Option<u32>,
+}
+
+/// Takes handler snapshots from the configuration for the queue.
+pub struct Snapshots {
+    config: Arc<Config>,
+}
+
+impl Snapshots {
+    /// Snapshots of the handlers in `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        Snapshots { config }
+    }
+
+    /// The handler snapshot and circuit target for a task type.
+    fn resolve_type(&self, task_type: &str) -> Result<Resolved, String> {
+        let handler = self.config.handlers.get(task_type).ok_or_else(|| {
+            let known: Vec<&str> = self.config.handlers.keys().map(String::as_str).collect();
+            format!(
+                "type: no handler is configured for task type `{task_type}` (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        Ok(match handler {
+            HandlerConfig::Http(h) => Resolved {
+                handler: HandlerSnapshot::Http {
+                    url: h.url.clone(),
+                    method: h.method.clone(),
+                    token: h.token.as_ref().map(|t| t.expose().to_string()),
+                    signing_secret: h.signing_secret.as_ref().map(|t| t.expose().to_string()),
+                    target_concurrency: h.target_concurrency as u32,
+                },
+                target: format!("http:{}", url_host(&h.url)),
+                timeout_s: h.timeout_seconds,
+                max_attempts: h.max_attempts,
+            },
+            HandlerConfig::Command(c) => Resolved {
+                handler: HandlerSnapshot::Command {
+                    program: c.program.display().to_string(),
+                    args: c.args.clone(),
+                    working_dir: c.working_dir.as_ref().map(|p| p.display().to_string()),
+                    env_allow: c.env_allow.clone(),
+                },
+                target: format!("command:{task_type}"),
+                timeout_s: c.timeout_seconds,
+                max_attempts: c.max_attempts,
+            },
+            HandlerConfig::Llm(l) => {
+                let provider = self.config.llm.providers.get(&l.provider).ok_or_else(|| {
+                    format!(
+                        "type: the handler of `{task_type}` names LLM provider `{}`, which is not configured",
+                        l.provider
+                    )
+                })?;
+                Resolved {
+                    handler: HandlerSnapshot::Llm {
+                        provider: l.provider.clone(),
+                        base_url: provider.base_url.trim().trim_end_matches('/').to_string(),
+                        api_key: provider.api_key.as_ref().map(|k| k.expose().to_string()),
+                        model: provider.model.clone(),
+                        default_max_tokens: l
+                            .max_tokens
+                            .unwrap_or(provider.max_tokens)
+                            .min(provider.max_tokens),
+                        max_tokens_cap: provider.max_tokens,
+                        input_nanos_per_token: provider.input_nanos_per_token(),
+                        output_nanos_per_token: provider.output_nanos_per_token(),
+                        daily_budget_micros: provider.daily_budget_micros(),
+                    },
+                    target: format!("llm:{}", l.provider),
+                    timeout_s: l.timeout_seconds,
+                    max_attempts: l.max_attempts,
+                }
+            }
+            HandlerConfig::Workflow(w) => {
+                let mut steps = Vec::with_capacity(w.steps.len());
+                for step in &w.steps {
+                    let resolved = self.resolve_type(&step.handler)?;
+                    if matches!(resolved.handler, HandlerSnapshot::Workflow { .. }) {
+                        return Err(format!(
+                            "type: step `{}` of `{task_type}` runs another workflow",
+                            step.name
+                        ));
+                    }
+                    steps.push(WorkflowStep {
+                        name: step.name.clone(),
+                        handler_type: step.handler.clone(),
+                        handler: resolved.handler,
+                        target: resolved.target,
+                        timeout_ms: resolved.timeout_s * 1000,
+                        payload_template: step.payload.as_ref().map(|v| v.to_string()),
+                    });
+                }
+                Resolved {
+                    handler: HandlerSnapshot::Workflow { steps },
+                    target: format!("workflow:{task_type}"),
+                    timeout_s: w.timeout_seconds,
+                    max_attempts: w.max_attempts,
+                }
+            }
+        })
+    }
+}
+
+impl Handlers for Snapshots {
+    fn resolve(&self, task_type: &str) -> Result<Handling, String> {
+        let resolved = self.resolve_type(task_type)?;
+        Ok(Handling {
+            snapshot: resolved.handler.to_snapshot(),
+            target: resolved.target,
+            timeout_s: resolved.timeout_s,
+            max_attempts: resolved.max_attempts,
+        })
+    }
+
+    fn split_inline<'a>(&self, bytes: &'a [u8]) -> Result<(Snapshot, &'a [u8]), String> {
+        // Version-1 task records hold the snapshot's postcard body inline, without a version.
+        let (handler, rest) =
+            postcard::take_from_bytes::<HandlerSnapshot>(bytes).map_err(|e| e.to_string())?;
+        Ok((handler.to_snapshot(), rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_extracted() {
+        assert_eq!(
+            url_host("https://User:pw@Example.com:8443/x?y"),
+            "example.com:8443"
+        );
+        assert_eq!(url_host("http://127.0.0.1:9/hook"), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_the_task() {
+        let handler = HandlerSnapshot::Command {
+            program: "/bin/true".into(),
+            args: vec!["a".into()],
+            working_dir: None,
+            env_allow: Vec::new(),
+        };
+        let snapshot = handler.to_snapshot();
+        assert_eq!(snapshot.decode::<HandlerSnapshot>().unwrap(), handler);
+        assert!(
+            Snapshot::from_bytes(vec![9, 0])
+                .decode::<HandlerSnapshot>()
+                .is_err()
+        );
+    }
+}
