@@ -30,8 +30,8 @@ pub(super) struct Fallback {
 impl Default for Fallback {
     fn default() -> Self {
         Fallback {
-            first: Duration::from_millis(10),
-            max: Duration::from_millis(500),
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(5),
         }
     }
 }
