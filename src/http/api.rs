@@ -150,9 +150,9 @@ pub(super) async fn metrics_history(
 pub(super) async fn system(State(app): State<AppState>) -> Json<Value> {
     Json(json!({
         "name": "keel",
-        "version": crate::app::VERSION,
-        "started_at": rfc3339(app.started_at_ms),
-        "uptime_seconds": app.uptime().as_secs(),
+        "version": crate::process::VERSION,
+        "started_at": rfc3339(app.process.started_at_ms),
+        "uptime_seconds": app.process.uptime().as_secs(),
         "data_dir": app.config.data_dir.display().to_string(),
         "database_file": app.store.path().display().to_string(),
         "database_file_bytes": app.store.file_size(),

@@ -1,7 +1,7 @@
 //! HTTP: the router (every route with the role it needs), middleware, and the server loop.
 //!
-//! `router(app)` is built apart from `serve(listener, router, shutdown)` so tests run the real
-//! router on `127.0.0.1:0`.
+//! `router(state)` is built apart from `serve(listener, router, shutdown)` so tests run the real
+//! router on `127.0.0.1:0`. The state ([`HttpState`]) is assembled by the application.
 
 pub mod admin;
 mod api;
@@ -10,6 +10,7 @@ mod cycles;
 pub mod error;
 mod hooks;
 pub mod middleware;
+mod state;
 mod tasks;
 
 use std::future::Future;
@@ -23,14 +24,14 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::App;
 use crate::auth::Role;
 pub use api::key_json;
 pub use middleware::Access;
+pub use state::HttpState;
 pub use tasks::task_json;
 
 /// Shared state of every handler.
-pub type AppState = Arc<App>;
+pub type AppState = Arc<HttpState>;
 
 /// A route: method, path template and who may call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,7 +168,7 @@ pub fn routes() -> Vec<RouteSpec> {
     table().into_iter().map(|(spec, _)| spec).collect()
 }
 
-/// The full router over `app`.
+/// The full router over `app`'s state.
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {

@@ -258,7 +258,9 @@ fn tampered_audit_entry_fails_naming_its_seq() {
         let db = redb::Database::create(data.join("keel.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         let seq = {
-            let mut table = tx.open_table(keel::store::tables::audit::AUDIT_ENTRIES).unwrap();
+            let mut table = tx
+                .open_table(keel::store::tables::audit::AUDIT_ENTRIES)
+                .unwrap();
             let (seq, mut entry) = {
                 let (k, v) = table.first().unwrap().expect("an audit entry");
                 let entry: keel::audit::Entry = keel::store::codec::decode(

@@ -9,7 +9,6 @@
 
 pub mod assets;
 pub mod audit;
-pub mod bench;
 pub mod budgets;
 pub mod charts;
 pub mod circuits;
@@ -322,7 +321,7 @@ impl Layout {
             css: assets::url("admin.css"),
             js: assets::url("admin.js"),
             icon: assets::url("favicon.svg"),
-            version: crate::app::VERSION,
+            version: crate::process::VERSION,
         }
     }
 

@@ -235,8 +235,8 @@ pub async fn collect(
     cards.push(Card {
         id: "uptime",
         label: "Uptime".into(),
-        value: seconds(app.uptime().as_secs()),
-        hint: format!("keel {}", crate::app::VERSION),
+        value: seconds(app.process.uptime().as_secs()),
+        hint: format!("keel {}", crate::process::VERSION),
         tone: "",
     });
 
@@ -349,7 +349,7 @@ pub async fn collect(
         throughput_chart,
         depth_chart,
         outcomes_chart,
-        started_at: time(app.started_at_ms),
+        started_at: time(app.process.started_at_ms),
     })
 }
 
