@@ -6,27 +6,23 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
-use super::api::ApiQuery;
 use super::error::ApiError;
-use crate::clock::rfc3339;
-use crate::inbox::{
-    DEFAULT_DELIVERY_ID_HEADERS, Delivery, InboxError, Reason, Received, Rejection,
-};
+use super::extract::{ApiPath, ApiQuery};
+use super::models::inbox::{self as models, DeliveryState, HookReceived, Rejections, Sources};
+use crate::inbox::{Delivery, InboxError, Reason, Received, Rejection};
 
 /// `POST /hooks/{source}`: 202 `{status: "accepted", task_id}` for a new delivery, 200
 /// `{status: "duplicate", task_id}` for one seen before; 401/400/413 for a refused one.
 pub(super) async fn receive(
     State(app): State<AppState>,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<HookReceived>), ApiError> {
     if app.inbox.source(&source).is_none() {
         return Err(InboxError::UnknownSource(source).into());
     }
@@ -65,44 +61,30 @@ pub(super) async fn receive(
         delivery.add_header(name, value);
     }
     let (status, state, task_id) = match app.inbox.receive(&source, delivery).await? {
-        Received::Accepted { task_id } => (StatusCode::ACCEPTED, "accepted", task_id),
-        Received::Duplicate { task_id } => (StatusCode::OK, "duplicate", task_id),
+        Received::Accepted { task_id } => (StatusCode::ACCEPTED, DeliveryState::Accepted, task_id),
+        Received::Duplicate { task_id } => (StatusCode::OK, DeliveryState::Duplicate, task_id),
     };
-    Ok((status, Json(json!({"status": state, "task_id": task_id}))).into_response())
+    Ok((
+        status,
+        Json(HookReceived {
+            status: state,
+            task_id,
+        }),
+    ))
 }
 
 /// `GET /api/v1/inbox/sources`: the configured sources, never their secrets.
-pub(super) async fn sources(State(app): State<AppState>) -> Json<Value> {
-    let sources: Vec<Value> = app
-        .inbox
-        .sources()
-        .map(|(name, s)| {
-            let delivery_id = match s.scheme {
-                crate::config::InboxScheme::StandardWebhooks => vec!["webhook-id".to_string()],
-                crate::config::InboxScheme::Github => vec!["x-github-delivery".to_string()],
-                crate::config::InboxScheme::Bearer => match &s.delivery_id_header {
-                    Some(h) => vec![h.clone()],
-                    None => DEFAULT_DELIVERY_ID_HEADERS
-                        .iter()
-                        .map(|h| h.to_string())
-                        .collect(),
-                },
-            };
-            json!({
-                "name": name,
-                "path": format!("/hooks/{name}"),
-                "scheme": s.scheme.as_str(),
-                "task_type": s.task_type,
-                "delivery_id_headers": delivery_id,
-            })
-        })
-        .collect();
+pub(super) async fn sources(State(app): State<AppState>) -> Json<Sources> {
     let inbox = &app.config.inbox;
-    Json(json!({
-        "sources": sources,
-        "timestamp_tolerance_seconds": inbox.timestamp_tolerance_seconds,
-        "replay_retention_seconds": inbox.replay_retention_seconds,
-    }))
+    Json(Sources {
+        sources: app
+            .inbox
+            .sources()
+            .map(|(name, s)| models::Source::of(name, s))
+            .collect(),
+        timestamp_tolerance_seconds: inbox.timestamp_tolerance_seconds,
+        replay_retention_seconds: inbox.replay_retention_seconds,
+    })
 }
 
 #[derive(Deserialize)]
@@ -116,7 +98,7 @@ pub(super) struct RejectionsQuery {
 pub(super) async fn rejections(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RejectionsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rejections>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -127,19 +109,10 @@ pub(super) async fn rejections(
         .inbox
         .rejections(q.source.filter(|s| !s.is_empty()), limit)
         .await?;
-    let rejections: Vec<Value> = rows
-        .iter()
-        .map(|(id, r)| {
-            json!({
-                "id": id,
-                "at": rfc3339(r.at),
-                "source": r.source,
-                "reason": r.reason,
-                "message": r.message,
-                "remote_addr": r.remote_addr,
-                "delivery_id": r.delivery_id,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"rejections": rejections})))
+    Ok(Json(Rejections {
+        rejections: rows
+            .iter()
+            .map(|(id, r)| models::Rejection::of(*id, r))
+            .collect(),
+    }))
 }

@@ -8,8 +8,10 @@ mod api;
 mod budgets;
 mod cycles;
 pub mod error;
+mod extract;
 mod hooks;
 pub mod middleware;
+pub mod models;
 mod state;
 mod tasks;
 
