@@ -5,10 +5,12 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery, Caller, IdPath, OptionalJson};
+use super::models::ErrorBody;
 use super::models::audit::{
     AuditCheckpoint, AuditCheckpoints, AuditEntry, AuditHead, AuditPage, AuditVerification,
 };
@@ -33,12 +35,22 @@ pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "system", operation_id = "health",
+    responses((status = 200, description = "keel answers", body = Health)))]
 pub(super) async fn health() -> Json<Health> {
     Json(Health {
         status: HealthStatus::Ok,
     })
 }
 
+/// Readiness: the store's writer runs, no worker died, no shutdown has begun.
+#[utoipa::path(get, path = "/ready", tag = "system", operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness,
+            example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready, with the reasons", body = Readiness),
+    ))]
 pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let problems = app.readiness_problems();
     if problems.is_empty() {
@@ -59,6 +71,11 @@ pub(super) async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
+/// Every metric in the Prometheus text exposition format (histograms as summaries).
+#[utoipa::path(get, path = "/metrics", tag = "metrics", operation_id = "metrics_text",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain",
+        example = "# HELP keel_build_info Build information.\n# TYPE keel_build_info gauge\nkeel_build_info{version=\"0.1.0\"} 1\n")))]
 pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
     (
         [(
@@ -70,6 +87,9 @@ pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Every metric series as JSON: counters, gauges and histogram summaries since start.
+#[utoipa::path(get, path = "/metrics/json", tag = "metrics", operation_id = "metrics_json",
+    responses((status = 200, description = "Every series", body = MetricsJson)))]
 pub(super) async fn metrics_json(
     State(app): State<AppState>,
 ) -> Result<Json<MetricsJson>, ApiError> {
@@ -78,16 +98,28 @@ pub(super) async fn metrics_json(
         .map_err(|e| ApiError::internal(format!("metrics registry: {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HistoryQuery {
+    /// A series key from the list this route gives without it.
     series: Option<String>,
+    /// Intervals starting at or after this epoch ms (default: a day ago).
     since_ms: Option<i64>,
+    /// Intervals starting before this epoch ms.
     until_ms: Option<i64>,
+    /// At most this many points (1 to 10000, default 1440).
     limit: Option<usize>,
 }
 
-/// Without `series`: the series that have history. With it: their stored intervals.
+/// Stored history of histogram series.
+///
+/// Without `series`: the series that have history. With it: that series' per-interval
+/// snapshots and their merged statistics.
+#[utoipa::path(get, path = "/api/v1/metrics/history", tag = "metrics",
+    operation_id = "metrics_history", params(HistoryQuery),
+    responses((status = 200, description = "The series, or one series' intervals",
+        body = MetricsHistory)))]
 pub(super) async fn metrics_history(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
@@ -115,6 +147,9 @@ pub(super) async fn metrics_history(
     })))
 }
 
+/// Version, start time, uptime, data directory and database facts.
+#[utoipa::path(get, path = "/api/v1/system", tag = "system", operation_id = "system",
+    responses((status = 200, description = "Facts about this keel", body = SystemInfo)))]
 pub(super) async fn system(State(app): State<AppState>) -> Json<SystemInfo> {
     Json(SystemInfo {
         name: "keel".to_string(),
@@ -128,19 +163,33 @@ pub(super) async fn system(State(app): State<AppState>) -> Json<SystemInfo> {
     })
 }
 
+/// Every background worker: schedule, state, runs, errors, last and next run.
+#[utoipa::path(get, path = "/api/v1/cron/status", tag = "system", operation_id = "cron_status",
+    responses((status = 200, description = "The workers", body = CronStatus)))]
 pub(super) async fn cron_status(State(app): State<AppState>) -> Json<CronStatus> {
     Json(CronStatus {
         workers: app.supervisor.statuses().iter().map(Worker::from).collect(),
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct AuditQuery {
+    /// Entries after this sequence number (default 0: from the start).
     after: Option<u64>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// A page of the audit log in chain order.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", operation_id = "audit_list",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The entries after `after`", body = AuditPage),
+        (status = 400, description = "A bad query (e.g. `limit` out of range)", body = ErrorBody),
+    ))]
 pub(super) async fn audit_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
@@ -165,6 +214,9 @@ pub(super) async fn audit_list(
     }))
 }
 
+/// The newest entry of the chain and the checkpoint signing key.
+#[utoipa::path(get, path = "/api/v1/audit/head", tag = "audit", operation_id = "audit_head",
+    responses((status = 200, description = "The head", body = AuditHead)))]
 pub(super) async fn audit_head(State(app): State<AppState>) -> Result<Json<AuditHead>, ApiError> {
     let head = app.store.read(audit::head).await?;
     Ok(Json(AuditHead {
@@ -175,6 +227,10 @@ pub(super) async fn audit_head(State(app): State<AppState>) -> Result<Json<Audit
     }))
 }
 
+/// The newest signed checkpoints (`limit` is clamped to 1..1000; `after` is ignored).
+#[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit",
+    operation_id = "audit_checkpoints", params(AuditQuery),
+    responses((status = 200, description = "The checkpoints", body = AuditCheckpoints)))]
 pub(super) async fn audit_checkpoints(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
@@ -190,6 +246,10 @@ pub(super) async fn audit_checkpoints(
     }))
 }
 
+/// Verifies the whole hash chain and every signed checkpoint.
+#[utoipa::path(post, path = "/api/v1/audit/verify", tag = "audit", operation_id = "audit_verify",
+    responses((status = 200, description = "What the verification found (also when it failed)",
+        body = AuditVerification)))]
 pub(super) async fn audit_verify(
     State(app): State<AppState>,
 ) -> Result<Json<AuditVerification>, ApiError> {
@@ -203,12 +263,25 @@ pub fn key_json(k: &KeyView) -> serde_json::Value {
     serde_json::to_value(Key::from(k)).unwrap_or_default()
 }
 
+/// Every API key (never a secret).
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", operation_id = "keys_list",
+    responses((status = 200, description = "The keys", body = KeyList)))]
 pub(super) async fn keys_list(State(app): State<AppState>) -> Json<KeyList> {
     Json(KeyList {
         keys: app.auth.list().iter().map(Key::from).collect(),
     })
 }
 
+/// Creates a key; its full secret is in this answer only. Audited.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", operation_id = "keys_create",
+    request_body(content = CreateKey, description = "The new key"),
+    responses(
+        (status = 201, description = "Created; `token` is the full key", body = KeyCreated),
+        (status = 400, description = "Both `expires_at` and `expires_in_seconds` given, or bad JSON",
+            body = ErrorBody),
+        (status = 422, description = "A field is invalid (e.g. an empty name, a time that is not RFC 3339)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn keys_create(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -251,6 +324,13 @@ pub(super) async fn keys_create(
     Ok((StatusCode::CREATED, Json(KeyCreated::from(&created))))
 }
 
+/// One key.
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", operation_id = "keys_get",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key", body = KeyOne),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+    ))]
 pub(super) async fn keys_get(
     State(app): State<AppState>,
     IdPath(id): IdPath,
@@ -260,6 +340,13 @@ pub(super) async fn keys_get(
     }))
 }
 
+/// Revokes a key at once. Audited.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys", operation_id = "keys_revoke",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyOne),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+    ))]
 pub(super) async fn keys_revoke(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -271,6 +358,19 @@ pub(super) async fn keys_revoke(
     }))
 }
 
+/// Rotates a key.
+///
+/// Creates a successor with the same name and role; the old key keeps working for the overlap,
+/// then expires. Audited.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", operation_id = "keys_rotate",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    request_body(content = Option<RotateKey>, description = "Optional; may be empty"),
+    responses(
+        (status = 201, description = "The successor; `token` is its full key", body = KeyCreated),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+        (status = 422, description = "The key cannot be rotated (revoked or expired)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn keys_rotate(
     State(app): State<AppState>,
     Caller(principal): Caller,

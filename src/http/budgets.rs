@@ -6,10 +6,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::models::ErrorBody;
 use super::models::budgets::{Budget, BudgetList, BudgetOne, SetBudget};
 use crate::budget::BudgetChange;
 use crate::config::usd_to_micros;
@@ -17,12 +19,22 @@ use crate::config::usd_to_micros;
 /// Largest budget accepted through the API, in USD.
 const MAX_BUDGET_USD: f64 = 1e6;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct BudgetsQuery {
+    /// Days of history, today included (1 to 366, default 7).
+    #[param(minimum = 1, maximum = 366)]
     days: Option<u32>,
 }
 
+/// Every LLM provider's budget, spend, reservations and history.
+#[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets", operation_id = "budgets_list",
+    params(BudgetsQuery),
+    responses(
+        (status = 200, description = "One budget per provider", body = BudgetList),
+        (status = 400, description = "`days` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<BudgetsQuery>,
@@ -57,8 +69,19 @@ fn amount(field: &str, value: Option<Option<f64>>) -> Result<Option<Option<u64>>
     }
 }
 
+/// Changes a provider's budget at runtime. Audited.
+///
 /// `{"daily_budget_usd": 5.0}` replaces the configured daily budget; `{"today_budget_usd":
 /// 10.0}` sets the budget of the current UTC day only; `null` removes an override.
+#[utoipa::path(put, path = "/api/v1/budgets/{provider}", tag = "budgets",
+    operation_id = "budgets_set",
+    params(("provider" = String, Path, description = "A configured LLM provider")),
+    request_body(content = SetBudget, description = "The overrides to set or remove"),
+    responses(
+        (status = 200, description = "The budget after the change", body = BudgetOne),
+        (status = 404, description = "No provider with this name", body = ErrorBody),
+        (status = 422, description = "An amount out of range, or an unknown field", body = ErrorBody),
+    ))]
 pub(super) async fn set(
     State(app): State<AppState>,
     Caller(principal): Caller,

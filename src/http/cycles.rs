@@ -8,10 +8,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery, Caller, IdPath, OptionalJson, parse_id};
+use super::models::ErrorBody;
 use super::models::cycles::{
     CycleDetail, CycleTriggered, ExecutionRecord, ExecutionRecords, GovernanceOne, LedgerEntry,
     Profile, ProfileList, Proposal, ProposalOne, Proposals, Reason, RecentCycle, RecentCycles,
@@ -39,6 +41,9 @@ fn parse_time(field: &str, raw: &str) -> Result<Millis, ApiError> {
         })
 }
 
+/// Every profile from `profiles.json`, with its version.
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", operation_id = "profiles_list",
+    responses((status = 200, description = "The profiles", body = ProfileList)))]
 pub(super) async fn profiles_list(State(app): State<AppState>) -> Json<ProfileList> {
     let set = app.cycles.profile_set();
     Json(ProfileList {
@@ -51,6 +56,10 @@ pub(super) async fn profiles_list(State(app): State<AppState>) -> Json<ProfileLi
     })
 }
 
+/// Every run profile from `runProfiles.json`.
+#[utoipa::path(get, path = "/api/v1/run-profiles", tag = "profiles",
+    operation_id = "run_profiles_list",
+    responses((status = 200, description = "The run profiles", body = RunProfileList)))]
 pub(super) async fn run_profiles_list(State(app): State<AppState>) -> Json<RunProfileList> {
     let set = app.cycles.profile_set();
     Json(RunProfileList {
@@ -59,6 +68,14 @@ pub(super) async fn run_profiles_list(State(app): State<AppState>) -> Json<RunPr
     })
 }
 
+/// The JSON Schema the profile files are validated against.
+#[utoipa::path(get, path = "/api/v1/schemas/{name}", tag = "profiles", operation_id = "schemas_get",
+    params(("name" = String, Path, description = "`profiles` or `runProfiles` (a `.json` or `.schema.json` suffix is allowed)")),
+    responses(
+        (status = 200, description = "The JSON Schema (draft 2020-12)", body = Object,
+            content_type = "application/schema+json"),
+        (status = 404, description = "No schema with this name", body = ErrorBody),
+    ))]
 pub(super) async fn schema_get(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
     let schema = profiles::schema(&name).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -73,6 +90,18 @@ pub(super) async fn schema_get(ApiPath(name): ApiPath<String>) -> Result<Respons
     Ok(([(header::CONTENT_TYPE, "application/schema+json")], schema).into_response())
 }
 
+/// Reloads the profile files.
+///
+/// Refused as a whole (with every problem) when they are invalid, or while a cycle runs.
+/// Audited.
+#[utoipa::path(post, path = "/api/v1/config/reload", tag = "profiles", operation_id = "config_reload",
+    responses(
+        (status = 200, description = "What the reload found", body = Reloaded),
+        (status = 409, description = "A cycle is running", body = ErrorBody),
+        (status = 422, description = "The files are invalid: `error.errors` lists every problem",
+            body = ErrorBody,
+            example = json!({"error": {"code": "invalid_config", "message": "the profile configuration has 1 error:\n  profiles.json at /0/state: \"on\" is not one of \"enabled\" or \"disabled\"", "errors": [{"file": "profiles.json", "pointer": "/0/state", "message": "\"on\" is not one of \"enabled\" or \"disabled\""}]}})),
+    ))]
 pub(super) async fn config_reload(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -81,6 +110,19 @@ pub(super) async fn config_reload(
     Ok(Json(report.into()))
 }
 
+/// Starts a cycle.
+///
+/// The cycle of a namespace (or run profile) for a slot; a cycle exists at most once per slot.
+#[utoipa::path(post, path = "/api/v1/cycles/trigger", tag = "cycles", operation_id = "cycles_trigger",
+    request_body(content = Option<TriggerCycle>, description = "Optional; may be empty"),
+    responses(
+        (status = 201, description = "A new cycle", body = CycleTriggered),
+        (status = 200, description = "The cycle of this slot existed already", body = CycleTriggered),
+        (status = 404, description = "No such run profile or profile", body = ErrorBody),
+        (status = 409, description = "Cycles are paused, the namespace is halted or the profile is disabled",
+            body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_trigger(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -105,6 +147,15 @@ pub(super) async fn cycles_trigger(
     Ok((status, Json(CycleTriggered::from(&t))))
 }
 
+/// Triggers every enabled run profile for a slot.
+#[utoipa::path(post, path = "/api/v1/run-profiles/trigger", tag = "cycles",
+    operation_id = "run_profiles_trigger",
+    request_body(content = Option<TriggerRunProfiles>, description = "Optional; may be empty"),
+    responses(
+        (status = 200, description = "One outcome per run profile", body = RunProfilesTriggered),
+        (status = 409, description = "Cycles are paused", body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn run_profiles_trigger(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -119,12 +170,22 @@ pub(super) async fn run_profiles_trigger(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecentQuery {
+    /// At most this many (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
+/// Recent cycles, newest first, with their current stage.
+#[utoipa::path(get, path = "/api/v1/cycles/recent", tag = "cycles", operation_id = "cycles_recent",
+    params(RecentQuery),
+    responses(
+        (status = 200, description = "The cycles", body = RecentCycles),
+        (status = 400, description = "`limit` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_recent(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecentQuery>,
@@ -141,6 +202,16 @@ pub(super) async fn cycles_recent(
     }))
 }
 
+/// One cycle.
+///
+/// Its checkpoints, stage timings, dispatches with their receipts, execution records and value
+/// ledger entries.
+#[utoipa::path(get, path = "/api/v1/cycles/{id}", tag = "cycles", operation_id = "cycles_get",
+    params(("id" = Uuid, Path, description = "The cycle's id")),
+    responses(
+        (status = 200, description = "The cycle", body = CycleDetail),
+        (status = 404, description = "No cycle with this id", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_get(
     State(app): State<AppState>,
     IdPath(id): IdPath,
@@ -149,15 +220,26 @@ pub(super) async fn cycles_get(
     Ok(Json(CycleDetail::from(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecordQuery {
+    /// Only of this cycle.
+    #[param(value_type = Option<Uuid>)]
     run: Option<String>,
+    /// Only of this profile.
     profile: Option<String>,
+    /// Only of this run profile.
     run_profile: Option<String>,
+    /// Only of this namespace.
     namespace: Option<String>,
+    /// From this time on (RFC 3339 or epoch ms).
+    #[param(example = "2026-01-01T00:00:00Z")]
     since: Option<String>,
+    /// Before this time (RFC 3339 or epoch ms).
     until: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -187,6 +269,13 @@ fn record_filter(q: RecordQuery) -> Result<RecordFilter, ApiError> {
     })
 }
 
+/// Execution records, newest first.
+#[utoipa::path(get, path = "/api/v1/execution-records", tag = "cycles",
+    operation_id = "execution_records", params(RecordQuery),
+    responses(
+        (status = 200, description = "The records", body = ExecutionRecords),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn execution_records(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecordQuery>,
@@ -197,6 +286,13 @@ pub(super) async fn execution_records(
     }))
 }
 
+/// Value ledger entries, newest first.
+#[utoipa::path(get, path = "/api/v1/value-ledger", tag = "cycles", operation_id = "value_ledger",
+    params(RecordQuery),
+    responses(
+        (status = 200, description = "The entries", body = ValueLedger),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn value_ledger(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecordQuery>,
@@ -207,18 +303,34 @@ pub(super) async fn value_ledger(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TelemetryQuery {
+    /// From this time on (RFC 3339 or epoch ms).
     since: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only of this profile.
     profile: Option<String>,
+    /// Only of this cycle.
+    #[param(value_type = Option<Uuid>)]
     run: Option<String>,
+    /// Only of this namespace.
     namespace: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// Telemetry events of the cycles' bus, filtered.
+#[utoipa::path(get, path = "/api/v1/telemetry", tag = "telemetry", operation_id = "telemetry",
+    params(TelemetryQuery),
+    responses(
+        (status = 200, description = "The events", body = Telemetry),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn telemetry(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<TelemetryQuery>,
@@ -249,14 +361,25 @@ pub(super) async fn telemetry(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReplayQuery {
+    /// From this time on (RFC 3339 or epoch ms; default: the start).
     from: Option<String>,
 }
 
+/// Replays the telemetry bus.
+///
 /// Every event from `from` on, in order, as JSON lines (`application/x-ndjson`), streamed page
 /// by page until the end of the bus at the time each page is read.
+#[utoipa::path(get, path = "/api/v1/telemetry/replay", tag = "telemetry",
+    operation_id = "telemetry_replay", params(ReplayQuery),
+    responses(
+        (status = 200, description = "One TelemetryEvent as JSON per line", body = String,
+            content_type = "application/x-ndjson"),
+        (status = 400, description = "A bad `from`", body = ErrorBody),
+    ))]
 pub(super) async fn telemetry_replay(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ReplayQuery>,
@@ -302,6 +425,16 @@ pub(super) async fn telemetry_replay(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
+/// Computes an advisory signal for a profile.
+///
+/// From its recent cycles; read-only advice that changes nothing. Audited.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/signals", tag = "advice",
+    operation_id = "signals_create",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 201, description = "The signal", body = SignalOne),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+    ))]
 pub(super) async fn signals_create(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -316,6 +449,14 @@ pub(super) async fn signals_create(
     ))
 }
 
+/// A profile's signals, newest first.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/signals", tag = "advice",
+    operation_id = "signals_list",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 200, description = "The signals", body = Signals),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+    ))]
 pub(super) async fn signals_list(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -326,6 +467,15 @@ pub(super) async fn signals_list(
     }))
 }
 
+/// Turns the profile's latest signal into strategy proposals. Audited.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/strategy-proposals", tag = "advice",
+    operation_id = "proposals_create",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 200, description = "The proposals made (possibly none)", body = Proposals),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+        (status = 409, description = "The profile has no signal yet", body = ErrorBody),
+    ))]
 pub(super) async fn proposals_create(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -337,13 +487,20 @@ pub(super) async fn proposals_create(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ProposalQuery {
+    /// Only of this profile.
     profile: Option<String>,
+    /// At most this many (clamped to 1..1000, default 100).
     limit: Option<usize>,
 }
 
+/// Strategy proposals, newest first.
+#[utoipa::path(get, path = "/api/v1/strategy-proposals", tag = "advice",
+    operation_id = "proposals_list", params(ProposalQuery),
+    responses((status = 200, description = "The proposals", body = Proposals)))]
 pub(super) async fn proposals_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ProposalQuery>,
@@ -357,6 +514,17 @@ pub(super) async fn proposals_list(
     }))
 }
 
+/// Approves a proposal: its patch is applied to the profile file and reloaded. Audited.
+#[utoipa::path(post, path = "/api/v1/strategy-proposals/{id}/approve", tag = "advice",
+    operation_id = "proposals_approve",
+    params(("id" = Uuid, Path, description = "The proposal's id")),
+    responses(
+        (status = 200, description = "The decided proposal", body = ProposalOne),
+        (status = 404, description = "No proposal with this id", body = ErrorBody),
+        (status = 409, description = "Already decided, a cycle is running, or there are no profile files",
+            body = ErrorBody),
+        (status = 422, description = "The patched files would be invalid", body = ErrorBody),
+    ))]
 pub(super) async fn proposal_approve(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -368,6 +536,15 @@ pub(super) async fn proposal_approve(
     }))
 }
 
+/// Rejects a proposal. Audited.
+#[utoipa::path(post, path = "/api/v1/strategy-proposals/{id}/reject", tag = "advice",
+    operation_id = "proposals_reject",
+    params(("id" = Uuid, Path, description = "The proposal's id")),
+    responses(
+        (status = 200, description = "The decided proposal", body = ProposalOne),
+        (status = 404, description = "No proposal with this id", body = ErrorBody),
+        (status = 409, description = "Already decided", body = ErrorBody),
+    ))]
 pub(super) async fn proposal_reject(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -385,12 +562,20 @@ fn governance(g: &crate::cycles::GovernanceView) -> Json<GovernanceOne> {
     })
 }
 
+/// Whether cycles are paused and which namespaces are halted.
+#[utoipa::path(get, path = "/api/v1/governance", tag = "governance", operation_id = "governance_get",
+    responses((status = 200, description = "The governance state", body = GovernanceOne)))]
 pub(super) async fn governance_get(
     State(app): State<AppState>,
 ) -> Result<Json<GovernanceOne>, ApiError> {
     Ok(governance(&app.cycles.governance().await?))
 }
 
+/// Pauses every cycle (running ones stop at their next stage). Audited.
+#[utoipa::path(post, path = "/api/v1/governance/pause", tag = "governance",
+    operation_id = "governance_pause",
+    request_body(content = Option<Reason>, description = "Optional; may be empty"),
+    responses((status = 200, description = "The governance state", body = GovernanceOne)))]
 pub(super) async fn governance_pause(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -400,6 +585,13 @@ pub(super) async fn governance_pause(
     Ok(governance(&g))
 }
 
+/// Lifts the runtime pause. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/resume", tag = "governance",
+    operation_id = "governance_resume",
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 409, description = "The configuration pauses cycles", body = ErrorBody),
+    ))]
 pub(super) async fn governance_resume(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -407,6 +599,16 @@ pub(super) async fn governance_resume(
     Ok(governance(&app.cycles.resume(&principal.actor()).await?))
 }
 
+/// Halts the cycles of one namespace. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/namespaces/{ns}/halt", tag = "governance",
+    operation_id = "namespace_halt",
+    params(("ns" = String, Path, description = "The namespace: 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<Reason>, description = "Optional; may be empty"),
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 422, description = "An invalid namespace", body = ErrorBody),
+    ))]
 pub(super) async fn namespace_halt(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -420,6 +622,15 @@ pub(super) async fn namespace_halt(
     Ok(governance(&g))
 }
 
+/// Lets a halted namespace's cycles run again. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/namespaces/{ns}/resume", tag = "governance",
+    operation_id = "namespace_resume",
+    params(("ns" = String, Path, description = "The namespace: 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 422, description = "An invalid namespace", body = ErrorBody),
+    ))]
 pub(super) async fn namespace_resume(
     State(app): State<AppState>,
     Caller(principal): Caller,

@@ -9,15 +9,35 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiPath, ApiQuery};
+use super::models::ErrorBody;
 use super::models::inbox::{self as models, DeliveryState, HookReceived, Rejections, Sources};
 use crate::inbox::{Delivery, InboxError, Reason, Received, Rejection};
 
-/// `POST /hooks/{source}`: 202 `{status: "accepted", task_id}` for a new delivery, 200
-/// `{status: "duplicate", task_id}` for one seen before; 401/400/413 for a refused one.
+/// Receives an inbound webhook.
+///
+/// Authenticated by the delivery's own signature or token (the source's scheme), not an API
+/// key: 202 for a new delivery, 200 for one seen before; 401/400/413 for a refused one.
+#[utoipa::path(post, path = "/hooks/{source}", tag = "inbox", operation_id = "hooks_receive",
+    params(("source" = String, Path, description = "A configured inbox source")),
+    request_body(description = "The delivery as the sender made it; verified over its raw bytes",
+        content((Value = "application/json"), (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 202, description = "A new delivery: its task was enqueued", body = HookReceived),
+        (status = 200, description = "A delivery seen before: nothing new was created",
+            body = HookReceived,
+            example = json!({"status": "duplicate", "task_id": "0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f"})),
+        (status = 400, description = "The delivery is malformed (e.g. no delivery id)", body = ErrorBody),
+        (status = 401, description = "The signature or token is missing or wrong, or the timestamp is too far off",
+            body = ErrorBody),
+        (status = 404, description = "No source with this name", body = ErrorBody),
+        (status = 413, description = "The body is larger than `server.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "The queue is full", body = ErrorBody),
+    ))]
 pub(super) async fn receive(
     State(app): State<AppState>,
     ApiPath(source): ApiPath<String>,
@@ -74,6 +94,8 @@ pub(super) async fn receive(
 }
 
 /// `GET /api/v1/inbox/sources`: the configured sources, never their secrets.
+#[utoipa::path(get, path = "/api/v1/inbox/sources", tag = "inbox", operation_id = "inbox_sources",
+    responses((status = 200, description = "The sources", body = Sources)))]
 pub(super) async fn sources(State(app): State<AppState>) -> Json<Sources> {
     let inbox = &app.config.inbox;
     Json(Sources {
@@ -87,14 +109,24 @@ pub(super) async fn sources(State(app): State<AppState>) -> Json<Sources> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RejectionsQuery {
+    /// Only deliveries to this source.
     source: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /api/v1/inbox/rejections?source=&limit=`: recent refused deliveries, newest first.
+#[utoipa::path(get, path = "/api/v1/inbox/rejections", tag = "inbox",
+    operation_id = "inbox_rejections", params(RejectionsQuery),
+    responses(
+        (status = 200, description = "Refused deliveries, newest first", body = Rejections),
+        (status = 400, description = "`limit` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn rejections(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RejectionsQuery>,

@@ -12,6 +12,7 @@ mod extract;
 mod hooks;
 pub mod middleware;
 pub mod models;
+pub mod openapi;
 mod state;
 mod tasks;
 
@@ -73,6 +74,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/metrics", R(Viewer), get(api::metrics_text)),
         route(Method::GET, "/metrics/json", R(Viewer), get(api::metrics_json)),
         route(Method::GET, "/api/v1/metrics/history", R(Viewer), get(api::metrics_history)),
+        route(Method::GET, "/api/v1/openapi.json", R(Viewer), get(openapi::serve)),
         route(Method::GET, "/api/v1/system", R(Viewer), get(api::system)),
         route(Method::GET, "/api/v1/cron/status", R(Viewer), get(api::cron_status)),
         route(Method::GET, "/api/v1/audit", R(Viewer), get(api::audit_list)),

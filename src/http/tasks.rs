@@ -9,14 +9,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdPath, parse_id};
+use super::models::ErrorBody;
 use super::models::tasks::{
     self as models, Circuit, CircuitList, CircuitOne, DlqStats, DrainRequest, Drained, DrainedTask,
     LogLine, Run, Runs, StreamEnd, StreamStatus, SubmitTask, Submitted, TaskList, TaskLogs,
-    TaskOne,
+    TaskOne, TaskStatus,
 };
 use crate::events::Subscription;
 use crate::queue::{NewTask, Status, Task, TaskFilter};
@@ -26,6 +28,22 @@ pub fn task_json(t: &Task) -> serde_json::Value {
     serde_json::to_value(models::Task::from(t)).unwrap_or_default()
 }
 
+/// Submits a task.
+///
+/// With an `idempotency_key` seen before, answers the first task (200) and creates nothing.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_submit",
+    request_body(content = SubmitTask, description = "The task"),
+    responses(
+        (status = 201, description = "A new task", body = Submitted),
+        (status = 200, description = "The task submitted before with this idempotency key",
+            body = Submitted,
+            example = json!({"id": "0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f", "status": "running", "created": false})),
+        (status = 422, description = "A field is invalid (unknown type, bad run_at, …)",
+            body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after the `Retry-After` seconds",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub(super) async fn submit(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -75,6 +93,13 @@ pub(super) async fn submit(
     ))
 }
 
+/// One task with its attempts and receipts.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", operation_id = "tasks_get",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskOne),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn get(
     State(app): State<AppState>,
     IdPath(id): IdPath,
@@ -85,13 +110,21 @@ pub(super) async fn get(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only tasks with this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
@@ -103,6 +136,14 @@ fn parse_status(raw: Option<&str>) -> Result<Option<Status>, ApiError> {
     .transpose()
 }
 
+/// Tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_list",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskList),
+        (status = 400, description = "A bad query (unknown status, `limit` out of range, bad cursor)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -128,6 +169,14 @@ pub(super) async fn list(
     }))
 }
 
+/// Cancels a task: a waiting one at once, a running one by stopping its attempt. Audited.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "tasks_cancel",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task after the request", body = TaskOne),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+        (status = 409, description = "The task has already finished", body = ErrorBody),
+    ))]
 pub(super) async fn cancel(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -142,12 +191,21 @@ pub(super) async fn cancel(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
+    /// The first line number wanted (default 0).
     from: Option<u32>,
 }
 
+/// A task's log lines (stderr of command tasks, notes of other handlers).
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", tag = "tasks", operation_id = "tasks_logs",
+    params(("id" = Uuid, Path, description = "The task's id"), LogQuery),
+    responses(
+        (status = 200, description = "The lines from `from` on", body = TaskLogs),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn logs(
     State(app): State<AppState>,
     IdPath(id): IdPath,
@@ -163,15 +221,24 @@ pub(super) async fn logs(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RunsQuery {
+    /// Only attempts with this outcome (`succeeded`, `failed`, `running`, `interrupted`,
+    /// `deferred`, `cancelled`).
     status: Option<String>,
+    /// At most this many (clamped to 1..500, default 50).
     limit: Option<usize>,
 }
 
-/// Recent attempts over all tasks, newest first; `status` is an attempt outcome
-/// (`succeeded`, `failed`, `running`, `interrupted`, `deferred`, `cancelled`).
+/// Recent attempts over all tasks.
+///
+/// Newest first; `status` is an attempt outcome (`succeeded`, `failed`, `running`,
+/// `interrupted`, `deferred`, `cancelled`).
+#[utoipa::path(get, path = "/api/v1/runs", tag = "tasks", operation_id = "runs_list",
+    params(RunsQuery),
+    responses((status = 200, description = "Recent attempts, newest first", body = Runs)))]
 pub(super) async fn runs(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RunsQuery>,
@@ -205,8 +272,19 @@ pub(super) async fn runs(
 /// anyway: the bus is a hint, so a missed event delays the stream by at most this much.
 const STREAM_FALLBACK: Duration = Duration::from_secs(2);
 
-/// Server-Sent Events: `status` events when the task's status changes and `log` events for
-/// new log lines, until the task is finished.
+/// A task's live events.
+///
+/// Server-Sent Events: `status` events when the task's status changes and `log` events for new
+/// log lines, until the task is finished.
+#[utoipa::path(get, path = "/api/v1/stream/{id}", tag = "tasks", operation_id = "tasks_stream",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `status` (data: StreamStatus), `log` \
+            (data: the line) and a last `end` (data: StreamEnd), then the stream closes",
+            body = String, content_type = "text/event-stream",
+            example = "event: status\ndata: {\"id\":\"0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f\",\"status\":\"running\",\"attempts_used\":0}\n\n"),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn stream(
     State(app): State<AppState>,
     IdPath(id): IdPath,
@@ -294,19 +372,34 @@ fn task_events(
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 
+/// Dead tasks by type and error class.
+#[utoipa::path(get, path = "/api/v1/dlq/stats", tag = "dlq", operation_id = "dlq_stats",
+    responses((status = 200, description = "Counts", body = DlqStats)))]
 pub(super) async fn dlq_stats(State(app): State<AppState>) -> Result<Json<DlqStats>, ApiError> {
     Ok(Json(app.queue.dlq_stats().await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DlqQuery {
+    /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
+    /// At most this many (clamped to 1..1000, default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
+/// Dead tasks, newest first.
+#[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", operation_id = "dlq_list",
+    params(DlqQuery),
+    responses(
+        (status = 200, description = "A page of dead tasks", body = TaskList),
+        (status = 400, description = "A bad cursor", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<DlqQuery>,
@@ -326,6 +419,13 @@ pub(super) async fn dlq_list(
     }))
 }
 
+/// Moves dead tasks back to the queue (or, with `dry_run`, says which would move). Audited.
+#[utoipa::path(post, path = "/api/v1/dlq/drain", tag = "dlq", operation_id = "dlq_drain",
+    request_body(content = DrainRequest, description = "Which dead tasks"),
+    responses(
+        (status = 200, description = "What moved", body = Drained),
+        (status = 422, description = "`max` out of range or another invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_drain(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -349,6 +449,14 @@ pub(super) async fn dlq_drain(
     }))
 }
 
+/// Purges one dead task. Audited.
+#[utoipa::path(delete, path = "/api/v1/dlq/{id}", tag = "dlq", operation_id = "dlq_delete",
+    params(("id" = Uuid, Path, description = "The dead task's id")),
+    responses(
+        (status = 204, description = "Purged"),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+        (status = 409, description = "The task is not dead", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_delete(
     State(app): State<AppState>,
     Caller(principal): Caller,
@@ -358,12 +466,23 @@ pub(super) async fn dlq_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every circuit breaker of task targets.
+#[utoipa::path(get, path = "/api/v1/circuits", tag = "circuits", operation_id = "circuits_list",
+    responses((status = 200, description = "The circuits", body = CircuitList)))]
 pub(super) async fn circuits(State(app): State<AppState>) -> Json<CircuitList> {
     Json(CircuitList {
         circuits: app.circuits.list().iter().map(Circuit::from).collect(),
     })
 }
 
+/// Closes a circuit at once. Audited.
+#[utoipa::path(post, path = "/api/v1/circuits/{name}/reset", tag = "circuits",
+    operation_id = "circuits_reset",
+    params(("name" = String, Path, description = "The circuit's target, e.g. `http:example.com`")),
+    responses(
+        (status = 200, description = "The circuit, closed", body = CircuitOne),
+        (status = 404, description = "No circuit with this name", body = ErrorBody),
+    ))]
 pub(super) async fn circuit_reset(
     State(app): State<AppState>,
     Caller(principal): Caller,

@@ -211,8 +211,10 @@ impl From<ReloadReport> for Reloaded {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"namespace": "default", "run_profile_id": "nightly", "slot": "2026-01-01T00"}))]
 pub struct TriggerCycle {
-    /// The namespace.
+    /// The namespace (default: `cycles.default_namespace`): 1 to 64 letters, digits, `-`, `_`
+    /// or `.`, starting with a letter or digit.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub namespace: Option<String>,
     /// The run profile.
     #[serde(default)]
