@@ -163,6 +163,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
         route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
         route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),
+        route(Method::GET, "/admin/api", S(Viewer), get(admin::api::page)),
         route(Method::GET, "/admin/{*rest}", S(Viewer), get(admin::not_found)),
     ]
 }

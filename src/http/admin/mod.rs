@@ -7,6 +7,7 @@
 //! surfaces: [`ApiError`] answers JSON on the API, [`AdminError`] renders the same status and
 //! message as an HTML page here.
 
+pub mod api;
 pub mod assets;
 pub mod audit;
 pub mod budgets;
@@ -395,6 +396,11 @@ impl Layout {
                 href: "/admin/audit",
                 label: "Audit",
                 id: "audit",
+            },
+            NavItem {
+                href: "/admin/api",
+                label: "API",
+                id: "api",
             },
         ];
         if self.is_admin() {
