@@ -2,30 +2,30 @@
 //! documented order (stop accepting → drain workers → flush → close the store).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::audit::{self, Audit};
 use crate::auth::Auth;
 use crate::budget::{BudgetGauges, Budgets};
-use crate::clock::{Millis, SharedClock};
+use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::cycles::{CycleWorker, Cycles, CyclesError, TelemetryRetention};
 use crate::events::EventBus;
 use crate::exec::circuit::Circuits;
 use crate::exec::workflow::CheckpointCleanup;
 use crate::exec::{DispatchWorker, Dispatcher, Snapshots};
+use crate::http::HttpState;
 use crate::inbox::{Inbox, InboxPrune};
 use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
+use crate::process::Process;
 use crate::queue::{Maintenance, Queue, QueueError};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervisor::{StepFuture, Supervisor, Worker};
 
-/// keel's version, from Cargo.toml.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::process::VERSION;
 
 /// Errors while starting keel.
 #[derive(Debug, thiserror::Error)]
@@ -192,27 +192,17 @@ impl Core {
     }
 }
 
-/// The running application: the rooms (through [`Core`], which it dereferences to), the
-/// supervisor and facts about this process.
+/// The running application: the rooms, the supervisor, the dispatcher, cycles and the facts
+/// about this process, held as the HTTP surface's state (which it dereferences to).
 pub struct App {
-    core: Core,
-    /// Background workers.
-    pub supervisor: Supervisor,
-    /// Runs queued tasks.
-    pub dispatcher: Arc<Dispatcher>,
-    /// Profiles, cycles, telemetry, advice and governance.
-    pub cycles: Arc<Cycles>,
-    /// When this process started (epoch ms).
-    pub started_at_ms: Millis,
-    started: Instant,
-    shutting_down: AtomicBool,
+    state: Arc<HttpState>,
 }
 
 impl std::ops::Deref for App {
-    type Target = Core;
+    type Target = HttpState;
 
-    fn deref(&self) -> &Core {
-        &self.core
+    fn deref(&self) -> &HttpState {
+        &self.state
     }
 }
 
@@ -279,14 +269,37 @@ impl App {
             profiles,
         )
         .await?;
+        let Core {
+            config,
+            clock,
+            store,
+            audit,
+            auth,
+            metrics,
+            events,
+            queue,
+            circuits,
+            inbox,
+            budgets,
+        } = core;
         let app = Arc::new(App {
-            dispatcher,
-            cycles,
-            started_at_ms: core.clock.now_ms(),
-            started: Instant::now(),
-            shutting_down: AtomicBool::new(false),
-            supervisor: Supervisor::new(Arc::clone(&core.clock)),
-            core,
+            state: Arc::new(HttpState {
+                process: Arc::new(Process::new(clock.now_ms())),
+                supervisor: Arc::new(Supervisor::new(Arc::clone(&clock))),
+                dispatcher,
+                cycles,
+                config,
+                clock,
+                store,
+                audit,
+                auth,
+                metrics,
+                events,
+                queue,
+                circuits,
+                inbox,
+                budgets,
+            }),
         });
         Ok(app)
     }
@@ -299,7 +312,7 @@ impl App {
             clock: Arc::clone(&self.clock),
             interval: config.metrics.snapshot_interval(),
             retention: config.metrics.retention(),
-            interval_start_ms: self.started_at_ms,
+            interval_start_ms: self.process.started_at_ms,
         });
         self.supervisor.spawn(LastUsedFlushWorker {
             auth: Arc::clone(&self.auth),
@@ -334,24 +347,9 @@ impl App {
         });
     }
 
-    /// How long this process has been up.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Why keel is not ready to serve, if it is not.
-    pub fn readiness_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.shutting_down.load(Ordering::SeqCst) {
-            problems.push("shutting down".to_string());
-        }
-        if !self.store.is_writable() {
-            problems.push("the store's writer is not running".to_string());
-        }
-        for name in self.supervisor.dead_workers() {
-            problems.push(format!("background worker {name} has stopped"));
-        }
-        problems
+    /// The state the HTTP router serves from.
+    pub fn http_state(&self) -> Arc<HttpState> {
+        Arc::clone(&self.state)
     }
 
     /// Stops the workers within the drain deadline (each flushes what it holds), then closes
@@ -364,7 +362,7 @@ impl App {
     /// Marks keel as not ready and stops the workers within the drain deadline; each runs its
     /// final step (metrics snapshot, last-use flush, audit checkpoint).
     pub async fn drain_workers(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.process.begin_shutdown();
         let drain = self.config.shutdown.drain();
         let (report, (), ()) = tokio::join!(
             self.supervisor.shutdown(drain),
@@ -493,7 +491,7 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         data_dir = %app.config.data_dir.display(),
         "keel is serving"
     );
-    let router = crate::http::router(Arc::clone(&app));
+    let router = crate::http::router(app.http_state());
     let stop = tokio_util::sync::CancellationToken::new();
     let mut server = tokio::spawn(crate::http::serve(
         listener,

@@ -1,12 +1,14 @@
 //! Benchmarks. `keel bench store`: durable write rates measured in one run on one disk — raw
 //! redb single commits (the baseline) against keel's group-committed writer with 1, 8 and 64
-//! writers. `keel bench queue`: the queue's rates in one process.
+//! writers. `keel bench queue`: the queue's rates in one process. `keel bench admin`: the
+//! dashboard's render times ([`admin`]).
 //!
 //! The pieces `bench/run` assembles into one report (keel against the machine's limits and
 //! against peer queues): `limits` and `hello` ([`limits`]), `inproc` and `audit` ([`inproc`]),
 //! `lifecycle` and `rate` against a running keel ([`drive`]), and `report` ([`report`]), all
 //! writing [`record::Record`]s as JSON lines.
 
+pub mod admin;
 pub mod drive;
 pub mod inproc;
 pub mod limits;
@@ -433,7 +435,7 @@ async fn over_http(dir: &Path, sink: &str, each: Duration) -> anyhow::Result<Vec
     let app = crate::app::App::start(bench_config(dir, sink), clock).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let router = crate::http::router(Arc::clone(&app));
+    let router = crate::http::router(app.http_state());
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(crate::http::serve(
         listener,

@@ -434,7 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
         } => {
             init_logging(&config, Some("warn"));
-            crate::http::admin::bench::run(&dir, tasks, days.max(1), renders.max(1))
+            crate::bench::admin::run(&dir, tasks, days.max(1), renders.max(1))
                 .map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod http;
 pub mod inbox;
 pub mod metrics;
+pub mod process;
 pub mod queue;
 pub mod schedule;
 pub mod store;

@@ -1,62 +1,27 @@
 //! JSON API handlers: health, readiness, metrics, system facts, audit log, API keys, workers.
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use uuid::Uuid;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::audit::{self, hex};
-use crate::auth::{KeyView, NewKey, Principal, Role};
-use crate::clock::rfc3339;
+use super::extract::{ApiJson, ApiQuery, Caller, IdPath, OptionalJson};
+use super::models::ErrorBody;
+use super::models::audit::{
+    AuditCheckpoint, AuditCheckpoints, AuditEntry, AuditHead, AuditPage, AuditVerification,
+};
+use super::models::keys::{CreateKey, Key, KeyCreated, KeyList, KeyOne, RotateKey};
+use super::models::system::{
+    CronStatus, Health, HealthStatus, HistoryPoint, MetricsHistory, MetricsJson, Readiness,
+    ReadyStatus, SeriesHistory, SeriesList, SystemInfo, Worker,
+};
+use crate::audit;
+use crate::auth::{KeyView, NewKey};
 use crate::metrics::history;
-
-/// `Json` whose rejections answer in keel's error shape.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-/// `Query` whose rejections answer in keel's error shape.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-/// A JSON body that may be empty (then `T::default()`).
-pub(super) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let code = if e.is_data() {
-            "invalid_field"
-        } else {
-            "malformed_json"
-        };
-        let status = if e.is_data() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, code, format!("request body: {e}"))
-    })
-}
-
-pub(super) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw)
-        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a valid id (a UUID)")))
-}
-
-fn principal(parts: &axum::http::Extensions) -> Result<Principal, ApiError> {
-    parts.get::<Principal>().cloned().ok_or_else(|| {
-        ApiError::internal("route without authentication reached a handler that needs it")
-    })
-}
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found(format!("no route for {method} {}", uri.path()))
@@ -70,23 +35,47 @@ pub(super) async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-pub(super) async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "system", operation_id = "health",
+    responses((status = 200, description = "keel answers", body = Health)))]
+pub(super) async fn health() -> Json<Health> {
+    Json(Health {
+        status: HealthStatus::Ok,
+    })
 }
 
+/// Readiness: the store's writer runs, no worker died, no shutdown has begun.
+#[utoipa::path(get, path = "/ready", tag = "system", operation_id = "ready",
+    responses(
+        (status = 200, description = "Ready to serve", body = Readiness,
+            example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready, with the reasons", body = Readiness),
+    ))]
 pub(super) async fn ready(State(app): State<AppState>) -> Response {
     let problems = app.readiness_problems();
     if problems.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        Json(Readiness {
+            status: ReadyStatus::Ready,
+            reasons: None,
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reasons": problems})),
+            Json(Readiness {
+                status: ReadyStatus::NotReady,
+                reasons: Some(problems),
+            }),
         )
             .into_response()
     }
 }
 
+/// Every metric in the Prometheus text exposition format (histograms as summaries).
+#[utoipa::path(get, path = "/metrics", tag = "metrics", operation_id = "metrics_text",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain",
+        example = "# HELP keel_build_info Build information.\n# TYPE keel_build_info gauge\nkeel_build_info{version=\"0.1.0\"} 1\n")))]
 pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
     (
         [(
@@ -98,27 +87,46 @@ pub(super) async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-pub(super) async fn metrics_json(State(app): State<AppState>) -> Json<Value> {
-    Json(app.metrics.to_json())
+/// Every metric series as JSON: counters, gauges and histogram summaries since start.
+#[utoipa::path(get, path = "/metrics/json", tag = "metrics", operation_id = "metrics_json",
+    responses((status = 200, description = "Every series", body = MetricsJson)))]
+pub(super) async fn metrics_json(
+    State(app): State<AppState>,
+) -> Result<Json<MetricsJson>, ApiError> {
+    serde_json::from_value(app.metrics.to_json())
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("metrics registry: {e}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct HistoryQuery {
+    /// A series key from the list this route gives without it.
     series: Option<String>,
+    /// Intervals starting at or after this epoch ms (default: a day ago).
     since_ms: Option<i64>,
+    /// Intervals starting before this epoch ms.
     until_ms: Option<i64>,
+    /// At most this many points (1 to 10000, default 1440).
     limit: Option<usize>,
 }
 
-/// Without `series`: the series that have history. With it: their stored intervals.
+/// Stored history of histogram series.
+///
+/// Without `series`: the series that have history. With it: that series' per-interval
+/// snapshots and their merged statistics.
+#[utoipa::path(get, path = "/api/v1/metrics/history", tag = "metrics",
+    operation_id = "metrics_history", params(HistoryQuery),
+    responses((status = 200, description = "The series, or one series' intervals",
+        body = MetricsHistory)))]
 pub(super) async fn metrics_history(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MetricsHistory>, ApiError> {
     let Some(series) = q.series else {
         let names = app.store.read(history::series).await?;
-        return Ok(Json(json!({"series": names})));
+        return Ok(Json(MetricsHistory::Series(SeriesList { series: names })));
     };
     let now = app.clock.now_ms();
     let since = q.since_ms.unwrap_or(now - 24 * 3_600_000);
@@ -129,81 +137,63 @@ pub(super) async fn metrics_history(
         .store
         .read(move |tx| history::query(tx, &key, since, until, limit))
         .await?;
-    let points: Vec<Value> = intervals
-        .iter()
-        .map(|i| {
-            let s = &i.snapshot;
-            json!({
-                "start_ms": i.start_ms, "end_ms": i.end_ms, "unit": s.unit.as_str(),
-                "count": s.count, "min": s.min, "max": s.max, "mean": s.mean,
-                "p50": s.p50, "p90": s.p90, "p95": s.p95, "p99": s.p99, "p999": s.p999,
-            })
-        })
-        .collect();
+    let points = intervals.iter().map(HistoryPoint::from).collect();
     let snapshots: Vec<_> = intervals.into_iter().map(|i| i.snapshot).collect();
-    let overall = crate::metrics::merge_snapshots(&snapshots);
-    Ok(Json(
-        json!({"series": series, "points": points, "overall": overall}),
-    ))
+    let overall = crate::metrics::merge_snapshots(&snapshots).map(Into::into);
+    Ok(Json(MetricsHistory::History(SeriesHistory {
+        series,
+        points,
+        overall,
+    })))
 }
 
-pub(super) async fn system(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "name": "keel",
-        "version": crate::app::VERSION,
-        "started_at": rfc3339(app.started_at_ms),
-        "uptime_seconds": app.uptime().as_secs(),
-        "data_dir": app.config.data_dir.display().to_string(),
-        "database_file": app.store.path().display().to_string(),
-        "database_file_bytes": app.store.file_size(),
-        "schema_version": crate::store::SCHEMA_VERSION,
-    }))
-}
-
-pub(super) async fn cron_status(State(app): State<AppState>) -> Json<Value> {
-    let workers: Vec<Value> = app
-        .supervisor
-        .statuses()
-        .into_iter()
-        .map(|s| {
-            json!({
-                "name": s.name, "schedule": s.schedule, "state": s.state,
-                "runs": s.runs, "errors": s.errors, "consecutive_errors": s.consecutive_errors,
-                "last_run_at": s.last_run_at.map(rfc3339),
-                "last_duration_ms": s.last_duration_ms,
-                "last_error": s.last_error,
-                "last_error_at": s.last_error_at.map(rfc3339),
-                "next_run_at": s.next_run_at.map(rfc3339),
-            })
-        })
-        .collect();
-    Json(json!({"workers": workers}))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AuditQuery {
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
-fn entry_json(e: &audit::Entry) -> Value {
-    json!({
-        "seq": e.seq,
-        "time": rfc3339(e.time_ms),
-        "actor": e.actor,
-        "action": e.action,
-        "target": e.target,
-        "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::String(e.detail.clone())),
-        "prev_hash": hex(&e.prev_hash),
-        "hash": hex(&e.hash),
+/// Version, start time, uptime, data directory and database facts.
+#[utoipa::path(get, path = "/api/v1/system", tag = "system", operation_id = "system",
+    responses((status = 200, description = "Facts about this keel", body = SystemInfo)))]
+pub(super) async fn system(State(app): State<AppState>) -> Json<SystemInfo> {
+    Json(SystemInfo {
+        name: "keel".to_string(),
+        version: crate::process::VERSION.to_string(),
+        started_at: app.process.started_at_ms.into(),
+        uptime_seconds: app.process.uptime().as_secs(),
+        data_dir: app.config.data_dir.display().to_string(),
+        database_file: app.store.path().display().to_string(),
+        database_file_bytes: app.store.file_size(),
+        schema_version: crate::store::SCHEMA_VERSION,
     })
 }
 
+/// Every background worker: schedule, state, runs, errors, last and next run.
+#[utoipa::path(get, path = "/api/v1/cron/status", tag = "system", operation_id = "cron_status",
+    responses((status = 200, description = "The workers", body = CronStatus)))]
+pub(super) async fn cron_status(State(app): State<AppState>) -> Json<CronStatus> {
+    Json(CronStatus {
+        workers: app.supervisor.statuses().iter().map(Worker::from).collect(),
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// Entries after this sequence number (default 0: from the start).
+    after: Option<u64>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// A page of the audit log in chain order.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", operation_id = "audit_list",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The entries after `after`", body = AuditPage),
+        (status = 400, description = "A bad query (e.g. `limit` out of range)", body = ErrorBody),
+    ))]
 pub(super) async fn audit_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -218,95 +208,85 @@ pub(super) async fn audit_list(
     let next_after = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.seq))
         .flatten();
-    Ok(Json(json!({
-        "entries": entries.iter().map(entry_json).collect::<Vec<_>>(),
-        "next_after": next_after,
-    })))
+    Ok(Json(AuditPage {
+        entries: entries.iter().map(AuditEntry::from).collect(),
+        next_after,
+    }))
 }
 
-pub(super) async fn audit_head(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The newest entry of the chain and the checkpoint signing key.
+#[utoipa::path(get, path = "/api/v1/audit/head", tag = "audit", operation_id = "audit_head",
+    responses((status = 200, description = "The head", body = AuditHead)))]
+pub(super) async fn audit_head(State(app): State<AppState>) -> Result<Json<AuditHead>, ApiError> {
     let head = app.store.read(audit::head).await?;
-    Ok(Json(json!({
-        "seq": head.seq,
-        "hash": head.hash,
-        "time": head.time_ms.map(rfc3339),
-        "public_key": app.audit.public_key_hex(),
-    })))
+    Ok(Json(AuditHead {
+        seq: head.seq,
+        hash: head.hash,
+        time: head.time_ms.map(Into::into),
+        public_key: app.audit.public_key_hex(),
+    }))
 }
 
+/// The newest signed checkpoints (`limit` is clamped to 1..1000; `after` is ignored).
+#[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit",
+    operation_id = "audit_checkpoints", params(AuditQuery),
+    responses((status = 200, description = "The checkpoints", body = AuditCheckpoints)))]
 pub(super) async fn audit_checkpoints(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditCheckpoints>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let checkpoints = app
         .store
         .read(move |tx| audit::checkpoints(tx, limit))
         .await?;
-    let list: Vec<Value> = checkpoints
-        .iter()
-        .map(|c| {
-            json!({
-                "seq": c.seq, "head_hash": hex(&c.head_hash), "time": rfc3339(c.time_ms),
-                "signature": hex(&c.signature),
-            })
-        })
-        .collect();
-    Ok(Json(
-        json!({"checkpoints": list, "public_key": app.audit.public_key_hex()}),
-    ))
+    Ok(Json(AuditCheckpoints {
+        checkpoints: checkpoints.iter().map(AuditCheckpoint::from).collect(),
+        public_key: app.audit.public_key_hex(),
+    }))
 }
 
-pub(super) async fn audit_verify(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Verifies the whole hash chain and every signed checkpoint.
+#[utoipa::path(post, path = "/api/v1/audit/verify", tag = "audit", operation_id = "audit_verify",
+    responses((status = 200, description = "What the verification found (also when it failed)",
+        body = AuditVerification)))]
+pub(super) async fn audit_verify(
+    State(app): State<AppState>,
+) -> Result<Json<AuditVerification>, ApiError> {
     let audit = std::sync::Arc::clone(&app.audit);
     let report = app.store.read(move |tx| audit.verify(tx)).await?;
-    Ok(Json(json!({
-        "ok": report.ok,
-        "entries": report.entries,
-        "checkpoints": report.checkpoints,
-        "first_bad_seq": report.first_bad_seq,
-        "reason": report.reason,
-        "summary": report.to_string(),
-    })))
+    Ok(Json(AuditVerification::from(&report)))
 }
 
 /// A key as the API and CLI show it.
-pub fn key_json(k: &KeyView) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "role": k.role,
-        "prefix": k.prefix,
-        "status": k.status,
-        "created_at": rfc3339(k.created_at),
-        "created_by": k.created_by,
-        "expires_at": k.expires_at.map(rfc3339),
-        "revoked_at": k.revoked_at.map(rfc3339),
-        "rotated_from": k.rotated_from,
-        "last_used_at": k.last_used_at.map(rfc3339),
+pub fn key_json(k: &KeyView) -> serde_json::Value {
+    serde_json::to_value(Key::from(k)).unwrap_or_default()
+}
+
+/// Every API key (never a secret).
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys", operation_id = "keys_list",
+    responses((status = 200, description = "The keys", body = KeyList)))]
+pub(super) async fn keys_list(State(app): State<AppState>) -> Json<KeyList> {
+    Json(KeyList {
+        keys: app.auth.list().iter().map(Key::from).collect(),
     })
 }
 
-pub(super) async fn keys_list(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({"keys": app.auth.list().iter().map(key_json).collect::<Vec<_>>()}))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateKey {
-    name: String,
-    role: Role,
-    /// RFC 3339 time.
-    expires_at: Option<String>,
-    expires_in_seconds: Option<u64>,
-}
-
+/// Creates a key; its full secret is in this answer only. Audited.
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", operation_id = "keys_create",
+    request_body(content = CreateKey, description = "The new key"),
+    responses(
+        (status = 201, description = "Created; `token` is the full key", body = KeyCreated),
+        (status = 400, description = "Both `expires_at` and `expires_in_seconds` given, or bad JSON",
+            body = ErrorBody),
+        (status = 422, description = "A field is invalid (e.g. an empty name, a time that is not RFC 3339)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn keys_create(
     State(app): State<AppState>,
-    request: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    let actor = principal(request.extensions())?.actor();
-    let ApiJson(body) = ApiJson::<CreateKey>::from_request(request, &app).await?;
+    Caller(principal): Caller,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let now = app.clock.now_ms();
     let expires_at = match (body.expires_at, body.expires_in_seconds) {
         (Some(_), Some(_)) => {
@@ -333,69 +313,80 @@ pub(super) async fn keys_create(
     let created = app
         .auth
         .create(
-            &actor,
+            &principal.actor(),
             NewKey {
                 name: body.name,
-                role: body.role,
+                role: body.role.into(),
                 expires_at,
             },
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"key": key_json(&created.view), "token": created.token})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(KeyCreated::from(&created))))
 }
 
+/// One key.
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", operation_id = "keys_get",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key", body = KeyOne),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+    ))]
 pub(super) async fn keys_get(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        json!({"key": key_json(&app.auth.get(parse_id(&id)?)?)}),
-    ))
+    IdPath(id): IdPath,
+) -> Result<Json<KeyOne>, ApiError> {
+    Ok(Json(KeyOne {
+        key: Key::from(&app.auth.get(id)?),
+    }))
 }
 
+/// Revokes a key at once. Audited.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys", operation_id = "keys_revoke",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyOne),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+    ))]
 pub(super) async fn keys_revoke(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    request: axum::extract::Request,
-) -> Result<Json<Value>, ApiError> {
-    let actor = principal(request.extensions())?.actor();
-    let view = app.auth.revoke(&actor, parse_id(&id)?).await?;
-    Ok(Json(json!({"key": key_json(&view)})))
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<KeyOne>, ApiError> {
+    let view = app.auth.revoke(&principal.actor(), id).await?;
+    Ok(Json(KeyOne {
+        key: Key::from(&view),
+    }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RotateKey {
-    overlap_seconds: Option<u64>,
-}
-
+/// Rotates a key.
+///
+/// Creates a successor with the same name and role; the old key keeps working for the overlap,
+/// then expires. Audited.
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", operation_id = "keys_rotate",
+    params(("id" = Uuid, Path, description = "The key's id")),
+    request_body(content = Option<RotateKey>, description = "Optional; may be empty"),
+    responses(
+        (status = 201, description = "The successor; `token` is its full key", body = KeyCreated),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+        (status = 422, description = "The key cannot be rotated (revoked or expired)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn keys_rotate(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-    request: axum::extract::Request,
-) -> Result<Response, ApiError> {
-    let actor = principal(request.extensions())?.actor();
-    let id = parse_id(&id)?;
-    let body = Bytes::from_request(request, &app).await?;
-    let rotate: RotateKey = optional_body(&body)?;
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
+    OptionalJson(rotate): OptionalJson<RotateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let overlap = rotate
         .overlap_seconds
         .unwrap_or(app.config.auth.rotation_overlap_seconds);
     let created = app
         .auth
         .rotate(
-            &actor,
+            &principal.actor(),
             id,
             overlap.saturating_mul(1000).min(i64::MAX as u64) as i64,
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"key": key_json(&created.view), "token": created.token})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(KeyCreated::from(&created))))
 }

@@ -3,60 +3,42 @@
 //! audited).
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::api::{ApiJson, ApiQuery};
 use super::error::ApiError;
-use crate::auth::Principal;
-use crate::budget::{BudgetChange, ProviderBudget, day_label, micros_to_usd};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller};
+use super::models::ErrorBody;
+use super::models::budgets::{Budget, BudgetList, BudgetOne, SetBudget};
+use crate::budget::BudgetChange;
 use crate::config::usd_to_micros;
 
 /// Largest budget accepted through the API, in USD.
 const MAX_BUDGET_USD: f64 = 1e6;
 
-fn budget_json(b: &ProviderBudget) -> Value {
-    let usd = |m: u64| micros_to_usd(m);
-    json!({
-        "provider": b.provider,
-        "day": day_label(b.day),
-        "budget_usd": usd(b.budget_micros),
-        "budget_source": b.source,
-        "configured_daily_budget_usd": usd(b.configured_daily_micros),
-        "daily_budget_override_usd": b.daily_override_micros.map(usd),
-        "today_budget_override_usd": b.today_override_micros.map(usd),
-        "spent_usd": usd(b.spent_micros),
-        "reserved_usd": usd(b.reserved_micros),
-        "remaining_usd": usd(b.remaining_micros),
-        "budget_usd_micros": b.budget_micros,
-        "spent_usd_micros": b.spent_micros,
-        "reserved_usd_micros": b.reserved_micros,
-        "remaining_usd_micros": b.remaining_micros,
-        "in_flight": b.in_flight,
-        "history": b.history.iter().map(|(day, row)| json!({
-            "day": day_label(*day),
-            "tokens_in": row.tokens_in,
-            "tokens_out": row.tokens_out,
-            "requests": row.requests,
-            "spent_usd": usd(row.usd_micros),
-            "spent_usd_micros": row.usd_micros,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct BudgetsQuery {
+    /// Days of history, today included (1 to 366, default 7).
+    #[param(minimum = 1, maximum = 366)]
     days: Option<u32>,
 }
 
+/// Every LLM provider's budget, spend, reservations and history.
+#[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets", operation_id = "budgets_list",
+    params(BudgetsQuery),
+    responses(
+        (status = 200, description = "One budget per provider", body = BudgetList),
+        (status = 400, description = "`days` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<BudgetsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BudgetList>, ApiError> {
     let days = q.days.unwrap_or(7);
     if !(1..=crate::budget::MAX_HISTORY_DAYS).contains(&days) {
         return Err(ApiError::bad_request(format!(
@@ -65,70 +47,56 @@ pub(super) async fn list(
         )));
     }
     let budgets = app.budgets.view(days).await?;
-    Ok(Json(json!({
-        "budgets": budgets.iter().map(budget_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(BudgetList {
+        budgets: budgets.iter().map(Budget::from).collect(),
+    }))
 }
 
-/// Reads `field` of the body: absent → leave it, `null` → remove the override, a number of
-/// USD → set it.
-fn amount(body: &Map<String, Value>, field: &str) -> Result<Option<Option<u64>>, ApiError> {
-    let invalid = |why: String| {
-        ApiError::new(
+/// A field of the body: absent → leave it, `null` → remove the override, a number of USD →
+/// set it.
+fn amount(field: &str, value: Option<Option<f64>>) -> Result<Option<Option<u64>>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(None) => Ok(Some(None)),
+        Some(Some(usd)) if usd.is_finite() && (0.0..=MAX_BUDGET_USD).contains(&usd) => {
+            Ok(Some(Some(usd_to_micros(usd))))
+        }
+        Some(Some(usd)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            format!("{field}: {why}"),
-        )
-    };
-    match body.get(field) {
-        None => Ok(None),
-        Some(Value::Null) => Ok(Some(None)),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(usd) if usd.is_finite() && (0.0..=MAX_BUDGET_USD).contains(&usd) => {
-                Ok(Some(Some(usd_to_micros(usd))))
-            }
-            _ => Err(invalid(format!(
-                "must be from 0 to {MAX_BUDGET_USD} USD, got {n}"
-            ))),
-        },
-        Some(other) => Err(invalid(format!(
-            "must be a number of USD or null, got {other}"
-        ))),
+            format!("{field}: must be from 0 to {MAX_BUDGET_USD} USD, got {usd}"),
+        )),
     }
 }
 
+/// Changes a provider's budget at runtime. Audited.
+///
 /// `{"daily_budget_usd": 5.0}` replaces the configured daily budget; `{"today_budget_usd":
 /// 10.0}` sets the budget of the current UTC day only; `null` removes an override.
+#[utoipa::path(put, path = "/api/v1/budgets/{provider}", tag = "budgets",
+    operation_id = "budgets_set",
+    params(("provider" = String, Path, description = "A configured LLM provider")),
+    request_body(content = SetBudget, description = "The overrides to set or remove"),
+    responses(
+        (status = 200, description = "The budget after the change", body = BudgetOne),
+        (status = 404, description = "No provider with this name", body = ErrorBody),
+        (status = 422, description = "An amount out of range, or an unknown field", body = ErrorBody),
+    ))]
 pub(super) async fn set(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(provider): Path<String>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let Value::Object(body) = body else {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            "the body must be an object with daily_budget_usd and/or today_budget_usd",
-        ));
-    };
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !["daily_budget_usd", "today_budget_usd"].contains(&k.as_str()))
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("unknown field `{unknown}`, expected daily_budget_usd or today_budget_usd"),
-        ));
-    }
+    Caller(principal): Caller,
+    ApiPath(provider): ApiPath<String>,
+    ApiJson(body): ApiJson<SetBudget>,
+) -> Result<Json<BudgetOne>, ApiError> {
     let change = BudgetChange {
-        daily_micros: amount(&body, "daily_budget_usd")?,
-        today_micros: amount(&body, "today_budget_usd")?,
+        daily_micros: amount("daily_budget_usd", body.daily_budget_usd)?,
+        today_micros: amount("today_budget_usd", body.today_budget_usd)?,
     };
     let budget = app
         .budgets
         .set(&principal.actor(), &provider, change)
         .await?;
-    Ok(Json(json!({"budget": budget_json(&budget)})))
+    Ok(Json(BudgetOne {
+        budget: (&budget).into(),
+    }))
 }

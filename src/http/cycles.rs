@@ -4,24 +4,25 @@
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::api::{ApiQuery, optional_body, parse_id};
 use super::error::ApiError;
-use super::tasks::task_json;
-use crate::auth::Principal;
-use crate::clock::{Millis, rfc3339};
-use crate::cycles::model::{
-    Checkpoint, CycleRun, DispatchRecord, ExecutionRecord, GovernanceFlag, LedgerEntry, Proposal,
-    Signal,
+use super::extract::{ApiPath, ApiQuery, Caller, IdPath, OptionalJson, parse_id};
+use super::models::ErrorBody;
+use super::models::cycles::{
+    CycleDetail, CycleTriggered, ExecutionRecord, ExecutionRecords, GovernanceOne, LedgerEntry,
+    Profile, ProfileList, Proposal, ProposalOne, Proposals, Reason, RecentCycle, RecentCycles,
+    Reloaded, RunProfile, RunProfileList, RunProfileRun, RunProfilesTriggered, Signal, SignalOne,
+    Signals, Telemetry, TelemetryEvent, TriggerCycle, TriggerRunProfiles, ValueLedger,
 };
-use crate::cycles::telemetry::{TelemetryFilter, event_json};
-use crate::cycles::{GovernanceView, RecordFilter, TriggerRequest, profiles};
+use crate::clock::Millis;
+use crate::cycles::telemetry::TelemetryFilter;
+use crate::cycles::{RecordFilter, TriggerRequest, profiles};
 
 /// Events sent per read while replaying.
 const REPLAY_PAGE: usize = 500;
@@ -40,156 +41,42 @@ fn parse_time(field: &str, raw: &str) -> Result<Millis, ApiError> {
         })
 }
 
-fn json_text(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-fn cycle_json(run: &CycleRun) -> Value {
-    json!({
-        "id": run.id,
-        "status": run.status.as_str(),
-        "run_profile_id": run.run_profile_id,
-        "profile_id": run.profile_id,
-        "namespace": run.namespace,
-        "slot": run.slot,
-        "initiation_hash": run.initiation_hash,
-        "profile_version": run.profile_version,
-        "trigger": run.trigger,
-        "created_by": run.actor,
-        "created_at": rfc3339(run.created_at),
-        "finished_at": run.finished_at.map(rfc3339),
-        "duration_ms": run.finished_at.map(|f| f - run.created_at),
-        "error": run.error,
-    })
-}
-
-fn checkpoint_json(c: &Checkpoint) -> Value {
-    json!({
-        "seq": c.seq,
-        "stage": c.stage.as_str(),
-        "at": rfc3339(c.at),
-        "output": c.output.as_deref().map(json_text),
-        "webhook_ids": c.webhook_ids,
-        "detail": json_text(&c.detail),
-    })
-}
-
-fn dispatch_json(d: &DispatchRecord, task: Option<&crate::queue::Task>) -> Value {
-    json!({
-        "target": d.target,
-        "endpoint": d.endpoint,
-        "url": d.url,
-        "method": d.method,
-        "task_id": d.task_id,
-        "webhook_id": d.webhook_id,
-        "enqueued_at": rfc3339(d.enqueued_at),
-        "outcome": d.outcome,
-        "finished_at": d.finished_at.map(rfc3339),
-        "http_status": d.status,
-        "latency_ms": d.latency_ms,
-        "attempts": d.attempts,
-        "task_status": task.map(|t| t.status.as_str()),
-        "receipts": task.map(|t| task_json(t)["attempts"].clone()),
-    })
-}
-
-fn record_json(r: &ExecutionRecord) -> Value {
-    json!({
-        "id": r.id,
-        "at": rfc3339(r.at),
-        "cycle_id": r.cycle_id,
-        "run_profile_id": r.run_profile_id,
-        "profile_id": r.profile_id,
-        "namespace": r.namespace,
-        "kind": r.kind,
-        "stage": r.stage,
-        "outcome": r.outcome,
-        "detail": json_text(&r.detail),
-    })
-}
-
-fn ledger_json(e: &LedgerEntry) -> Value {
-    json!({
-        "id": e.id,
-        "at": rfc3339(e.at),
-        "cycle_id": e.cycle_id,
-        "run_profile_id": e.run_profile_id,
-        "profile_id": e.profile_id,
-        "namespace": e.namespace,
-        "tags": json_text(&e.tags),
-    })
-}
-
-fn signal_json(s: &Signal) -> Value {
-    json!({
-        "id": s.id,
-        "profile_id": s.profile_id,
-        "at": rfc3339(s.at),
-        "signal": s.signal,
-        "confidence": s.confidence,
-        "success_rate": s.success_rate,
-        "delivery_rate": s.delivery_rate,
-        "dispatch_latency_p95_ms": s.dispatch_latency_p95_ms,
-        "samples": s.samples,
-        "window_from": rfc3339(s.window_from),
-        "recommendation": s.recommendation,
-        "read_only": true,
-    })
-}
-
-fn proposal_json(p: &Proposal) -> Value {
-    json!({
-        "id": p.id,
-        "profile_id": p.profile_id,
-        "signal_id": p.signal_id,
-        "created_at": rfc3339(p.created_at),
-        "created_by": p.created_by,
-        "kind": p.kind,
-        "rationale": p.rationale,
-        "patch": json_text(&p.patch),
-        "status": p.status,
-        "decided_by": p.decided_by,
-        "decided_at": p.decided_at.map(rfc3339),
-        "outcome": p.outcome,
-    })
-}
-
-fn flag_json(f: &GovernanceFlag) -> Value {
-    json!({"on": f.on, "by": f.by, "at": rfc3339(f.at), "reason": f.reason})
-}
-
-fn governance_json(g: &GovernanceView) -> Value {
-    json!({
-        "paused": g.is_paused(),
-        "paused_by_config": g.paused_by_config,
-        "pause": g.paused.as_ref().map(flag_json),
-        "halted_namespaces": g.namespaces.iter().filter(|(_, f)| f.on)
-            .map(|(ns, _)| ns).collect::<Vec<_>>(),
-        "namespaces": g.namespaces.iter().map(|(ns, f)| (ns.clone(), flag_json(f)))
-            .collect::<serde_json::Map<_, _>>(),
-    })
-}
-
-pub(super) async fn profiles_list(State(app): State<AppState>) -> Json<Value> {
+/// Every profile from `profiles.json`, with its version.
+#[utoipa::path(get, path = "/api/v1/profiles", tag = "profiles", operation_id = "profiles_list",
+    responses((status = 200, description = "The profiles", body = ProfileList)))]
+pub(super) async fn profiles_list(State(app): State<AppState>) -> Json<ProfileList> {
     let set = app.cycles.profile_set();
-    let list: Vec<Value> = set
-        .profiles
-        .iter()
-        .map(|p| {
-            let mut v = serde_json::to_value(p).unwrap_or(Value::Null);
-            v["version"] = json!(set.versions.get(&p.profile_id).copied());
-            v
-        })
-        .collect();
-    Json(json!({"profiles": list, "dir": set.dir}))
+    Json(ProfileList {
+        profiles: set
+            .profiles
+            .iter()
+            .map(|p| Profile::of(p, set.versions.get(&p.profile_id).copied()))
+            .collect(),
+        dir: set.dir.display().to_string(),
+    })
 }
 
-pub(super) async fn run_profiles_list(State(app): State<AppState>) -> Json<Value> {
+/// Every run profile from `runProfiles.json`.
+#[utoipa::path(get, path = "/api/v1/run-profiles", tag = "profiles",
+    operation_id = "run_profiles_list",
+    responses((status = 200, description = "The run profiles", body = RunProfileList)))]
+pub(super) async fn run_profiles_list(State(app): State<AppState>) -> Json<RunProfileList> {
     let set = app.cycles.profile_set();
-    Json(json!({"run_profiles": set.run_profiles, "dir": set.dir}))
+    Json(RunProfileList {
+        run_profiles: set.run_profiles.iter().map(RunProfile::from).collect(),
+        dir: set.dir.display().to_string(),
+    })
 }
 
-pub(super) async fn schema_get(Path(name): Path<String>) -> Result<Response, ApiError> {
+/// The JSON Schema the profile files are validated against.
+#[utoipa::path(get, path = "/api/v1/schemas/{name}", tag = "profiles", operation_id = "schemas_get",
+    params(("name" = String, Path, description = "`profiles` or `runProfiles` (a `.json` or `.schema.json` suffix is allowed)")),
+    responses(
+        (status = 200, description = "The JSON Schema (draft 2020-12)", body = Object,
+            content_type = "application/schema+json"),
+        (status = 404, description = "No schema with this name", body = ErrorBody),
+    ))]
+pub(super) async fn schema_get(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
     let schema = profiles::schema(&name).ok_or_else(|| {
         ApiError::not_found(format!(
             "no schema `{name}` (there are: {})",
@@ -203,33 +90,44 @@ pub(super) async fn schema_get(Path(name): Path<String>) -> Result<Response, Api
     Ok(([(header::CONTENT_TYPE, "application/schema+json")], schema).into_response())
 }
 
+/// Reloads the profile files.
+///
+/// Refused as a whole (with every problem) when they are invalid, or while a cycle runs.
+/// Audited.
+#[utoipa::path(post, path = "/api/v1/config/reload", tag = "profiles", operation_id = "config_reload",
+    responses(
+        (status = 200, description = "What the reload found", body = Reloaded),
+        (status = 409, description = "A cycle is running", body = ErrorBody),
+        (status = 422, description = "The files are invalid: `error.errors` lists every problem",
+            body = ErrorBody,
+            example = json!({"error": {"code": "invalid_config", "message": "the profile configuration has 1 error:\n  profiles.json at /0/state: \"on\" is not one of \"enabled\" or \"disabled\"", "errors": [{"file": "profiles.json", "pointer": "/0/state", "message": "\"on\" is not one of \"enabled\" or \"disabled\""}]}})),
+    ))]
 pub(super) async fn config_reload(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+    Caller(principal): Caller,
+) -> Result<Json<Reloaded>, ApiError> {
     let report = app.cycles.reload(&principal.actor()).await?;
-    Ok(Json(json!({
-        "profiles": report.profiles,
-        "run_profiles": report.run_profiles,
-        "versions": report.versions,
-        "changed": report.changed,
-    })))
+    Ok(Json(report.into()))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct TriggerBody {
-    namespace: Option<String>,
-    run_profile_id: Option<String>,
-    slot: Option<String>,
-}
-
+/// Starts a cycle.
+///
+/// The cycle of a namespace (or run profile) for a slot; a cycle exists at most once per slot.
+#[utoipa::path(post, path = "/api/v1/cycles/trigger", tag = "cycles", operation_id = "cycles_trigger",
+    request_body(content = Option<TriggerCycle>, description = "Optional; may be empty"),
+    responses(
+        (status = 201, description = "A new cycle", body = CycleTriggered),
+        (status = 200, description = "The cycle of this slot existed already", body = CycleTriggered),
+        (status = 404, description = "No such run profile or profile", body = ErrorBody),
+        (status = 409, description = "Cycles are paused, the namespace is halted or the profile is disabled",
+            body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_trigger(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let body: TriggerBody = optional_body(&body)?;
+    Caller(principal): Caller,
+    OptionalJson(body): OptionalJson<TriggerCycle>,
+) -> Result<(StatusCode, Json<CycleTriggered>), ApiError> {
     let t = app
         .cycles
         .trigger(
@@ -246,56 +144,52 @@ pub(super) async fn cycles_trigger(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(json!({
-            "cycle_run_id": t.cycle_id,
-            "created": t.created,
-            "run_profile_id": t.run_profile_id,
-            "namespace": t.namespace,
-            "initiation_hash": t.initiation_hash,
-        })),
-    )
-        .into_response())
+    Ok((status, Json(CycleTriggered::from(&t))))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RunProfilesTriggerBody {
-    slot: Option<String>,
-}
-
+/// Triggers every enabled run profile for a slot.
+#[utoipa::path(post, path = "/api/v1/run-profiles/trigger", tag = "cycles",
+    operation_id = "run_profiles_trigger",
+    request_body(content = Option<TriggerRunProfiles>, description = "Optional; may be empty"),
+    responses(
+        (status = 200, description = "One outcome per run profile", body = RunProfilesTriggered),
+        (status = 409, description = "Cycles are paused", body = ErrorBody),
+        (status = 422, description = "An invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn run_profiles_trigger(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: RunProfilesTriggerBody = optional_body(&body)?;
+    Caller(principal): Caller,
+    OptionalJson(body): OptionalJson<TriggerRunProfiles>,
+) -> Result<Json<RunProfilesTriggered>, ApiError> {
     let outcomes = app
         .cycles
         .trigger_run_profiles(&principal.actor(), body.slot)
         .await?;
-    Ok(Json(json!({
-        "runs": outcomes.iter().map(|o| json!({
-            "run_profile_id": o.run_profile_id,
-            "namespace": o.namespace,
-            "cycle_run_id": o.cycle.as_ref().map(|c| c.cycle_id),
-            "created": o.cycle.as_ref().map(|c| c.created),
-            "skipped": o.skipped,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(RunProfilesTriggered {
+        runs: outcomes.iter().map(RunProfileRun::from).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecentQuery {
+    /// At most this many (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
+/// Recent cycles, newest first, with their current stage.
+#[utoipa::path(get, path = "/api/v1/cycles/recent", tag = "cycles", operation_id = "cycles_recent",
+    params(RecentQuery),
+    responses(
+        (status = 200, description = "The cycles", body = RecentCycles),
+        (status = 400, description = "`limit` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_recent(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecentQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecentCycles>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -303,49 +197,49 @@ pub(super) async fn cycles_recent(
         )));
     }
     let cycles = app.cycles.recent(limit).await?;
-    Ok(Json(json!({
-        "cycles": cycles.iter().map(|c| {
-            let mut v = cycle_json(&c.run);
-            v["stage"] = json!(c.stage.as_str());
-            v["stage_at"] = json!(rfc3339(c.stage_at));
-            v
-        }).collect::<Vec<_>>(),
-    })))
+    Ok(Json(RecentCycles {
+        cycles: cycles.iter().map(RecentCycle::from).collect(),
+    }))
 }
 
+/// One cycle.
+///
+/// Its checkpoints, stage timings, dispatches with their receipts, execution records and value
+/// ledger entries.
+#[utoipa::path(get, path = "/api/v1/cycles/{id}", tag = "cycles", operation_id = "cycles_get",
+    params(("id" = Uuid, Path, description = "The cycle's id")),
+    responses(
+        (status = 200, description = "The cycle", body = CycleDetail),
+        (status = 404, description = "No cycle with this id", body = ErrorBody),
+    ))]
 pub(super) async fn cycles_get(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    IdPath(id): IdPath,
+) -> Result<Json<CycleDetail>, ApiError> {
     let d = app.cycles.detail(id).await?;
-    let mut timings = Vec::new();
-    let mut previous = d.run.created_at;
-    for c in &d.checkpoints {
-        timings.push(json!({"stage": c.stage.as_str(), "ms": c.at - previous}));
-        previous = c.at;
-    }
-    Ok(Json(json!({
-        "cycle": cycle_json(&d.run),
-        "stage": d.checkpoints.last().map(|c| c.stage.as_str()),
-        "checkpoints": d.checkpoints.iter().map(checkpoint_json).collect::<Vec<_>>(),
-        "timings": timings,
-        "dispatches": d.dispatches.iter().map(|(r, t)| dispatch_json(r, t.as_ref()))
-            .collect::<Vec<_>>(),
-        "records": d.records.iter().map(record_json).collect::<Vec<_>>(),
-        "ledger": d.ledger.iter().map(ledger_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(CycleDetail::from(&d)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RecordQuery {
+    /// Only of this cycle.
+    #[param(value_type = Option<Uuid>)]
     run: Option<String>,
+    /// Only of this profile.
     profile: Option<String>,
+    /// Only of this run profile.
     run_profile: Option<String>,
+    /// Only of this namespace.
     namespace: Option<String>,
+    /// From this time on (RFC 3339 or epoch ms).
+    #[param(example = "2026-01-01T00:00:00Z")]
     since: Option<String>,
+    /// Before this time (RFC 3339 or epoch ms).
     until: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -375,42 +269,72 @@ fn record_filter(q: RecordQuery) -> Result<RecordFilter, ApiError> {
     })
 }
 
+/// Execution records, newest first.
+#[utoipa::path(get, path = "/api/v1/execution-records", tag = "cycles",
+    operation_id = "execution_records", params(RecordQuery),
+    responses(
+        (status = 200, description = "The records", body = ExecutionRecords),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn execution_records(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecordQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ExecutionRecords>, ApiError> {
     let records = app.cycles.execution_records(record_filter(q)?).await?;
-    Ok(Json(
-        json!({"records": records.iter().map(record_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ExecutionRecords {
+        records: records.iter().map(ExecutionRecord::from).collect(),
+    }))
 }
 
+/// Value ledger entries, newest first.
+#[utoipa::path(get, path = "/api/v1/value-ledger", tag = "cycles", operation_id = "value_ledger",
+    params(RecordQuery),
+    responses(
+        (status = 200, description = "The entries", body = ValueLedger),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn value_ledger(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RecordQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ValueLedger>, ApiError> {
     let entries = app.cycles.ledger(record_filter(q)?).await?;
-    Ok(Json(
-        json!({"entries": entries.iter().map(ledger_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(ValueLedger {
+        entries: entries.iter().map(LedgerEntry::from).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TelemetryQuery {
+    /// From this time on (RFC 3339 or epoch ms).
     since: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only of this profile.
     profile: Option<String>,
+    /// Only of this cycle.
+    #[param(value_type = Option<Uuid>)]
     run: Option<String>,
+    /// Only of this namespace.
     namespace: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
+/// Telemetry events of the cycles' bus, filtered.
+#[utoipa::path(get, path = "/api/v1/telemetry", tag = "telemetry", operation_id = "telemetry",
+    params(TelemetryQuery),
+    responses(
+        (status = 200, description = "The events", body = Telemetry),
+        (status = 400, description = "A bad filter (id, time or `limit`)", body = ErrorBody),
+    ))]
 pub(super) async fn telemetry(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<TelemetryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Telemetry>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -432,19 +356,30 @@ pub(super) async fn telemetry(
             limit,
         })
         .await?;
-    Ok(Json(
-        json!({"events": events.iter().map(event_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Telemetry {
+        events: events.iter().map(TelemetryEvent::from).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ReplayQuery {
+    /// From this time on (RFC 3339 or epoch ms; default: the start).
     from: Option<String>,
 }
 
+/// Replays the telemetry bus.
+///
 /// Every event from `from` on, in order, as JSON lines (`application/x-ndjson`), streamed page
 /// by page until the end of the bus at the time each page is read.
+#[utoipa::path(get, path = "/api/v1/telemetry/replay", tag = "telemetry",
+    operation_id = "telemetry_replay", params(ReplayQuery),
+    responses(
+        (status = 200, description = "One TelemetryEvent as JSON per line", body = String,
+            content_type = "application/x-ndjson"),
+        (status = 400, description = "A bad `from`", body = ErrorBody),
+    ))]
 pub(super) async fn telemetry_replay(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ReplayQuery>,
@@ -471,7 +406,13 @@ pub(super) async fn telemetry_replay(
             after = Some(*last);
             let mut chunk = String::new();
             for (_, e) in &page {
-                chunk.push_str(&event_json(e).to_string());
+                match serde_json::to_string(&TelemetryEvent::from(e)) {
+                    Ok(line) => chunk.push_str(&line),
+                    Err(e) => {
+                        let _ = tx.send(Err(std::io::Error::other(e))).await;
+                        return;
+                    }
+                }
                 chunk.push('\n');
             }
             let full = page.len() == REPLAY_PAGE;
@@ -484,135 +425,220 @@ pub(super) async fn telemetry_replay(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
+/// Computes an advisory signal for a profile.
+///
+/// From its recent cycles; read-only advice that changes nothing. Audited.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/signals", tag = "advice",
+    operation_id = "signals_create",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 201, description = "The signal", body = SignalOne),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+    ))]
 pub(super) async fn signals_create(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+    Caller(principal): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, Json<SignalOne>), ApiError> {
     let signal = app.cycles.compute_signal(&principal.actor(), &id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"signal": signal_json(&signal)})),
-    )
-        .into_response())
+        Json(SignalOne {
+            signal: (&signal).into(),
+        }),
+    ))
 }
 
+/// A profile's signals, newest first.
+#[utoipa::path(get, path = "/api/v1/profiles/{id}/signals", tag = "advice",
+    operation_id = "signals_list",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 200, description = "The signals", body = Signals),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+    ))]
 pub(super) async fn signals_list(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Signals>, ApiError> {
     let signals = app.cycles.signals(&id, 100).await?;
-    Ok(Json(
-        json!({"signals": signals.iter().map(signal_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Signals {
+        signals: signals.iter().map(Signal::from).collect(),
+    }))
 }
 
+/// Turns the profile's latest signal into strategy proposals. Audited.
+#[utoipa::path(post, path = "/api/v1/profiles/{id}/strategy-proposals", tag = "advice",
+    operation_id = "proposals_create",
+    params(("id" = String, Path, description = "The profile's id")),
+    responses(
+        (status = 200, description = "The proposals made (possibly none)", body = Proposals),
+        (status = 404, description = "No profile with this id", body = ErrorBody),
+        (status = 409, description = "The profile has no signal yet", body = ErrorBody),
+    ))]
 pub(super) async fn proposals_create(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Caller(principal): Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Proposals>, ApiError> {
     let proposals = app.cycles.propose(&principal.actor(), &id).await?;
-    Ok(Json(
-        json!({"proposals": proposals.iter().map(proposal_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Proposals {
+        proposals: proposals.iter().map(Proposal::from).collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ProposalQuery {
+    /// Only of this profile.
     profile: Option<String>,
+    /// At most this many (clamped to 1..1000, default 100).
     limit: Option<usize>,
 }
 
+/// Strategy proposals, newest first.
+#[utoipa::path(get, path = "/api/v1/strategy-proposals", tag = "advice",
+    operation_id = "proposals_list", params(ProposalQuery),
+    responses((status = 200, description = "The proposals", body = Proposals)))]
 pub(super) async fn proposals_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ProposalQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Proposals>, ApiError> {
     let proposals = app
         .cycles
         .proposals(q.profile, q.limit.unwrap_or(100))
         .await?;
-    Ok(Json(
-        json!({"proposals": proposals.iter().map(proposal_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Proposals {
+        proposals: proposals.iter().map(Proposal::from).collect(),
+    }))
 }
 
+/// Approves a proposal: its patch is applied to the profile file and reloaded. Audited.
+#[utoipa::path(post, path = "/api/v1/strategy-proposals/{id}/approve", tag = "advice",
+    operation_id = "proposals_approve",
+    params(("id" = Uuid, Path, description = "The proposal's id")),
+    responses(
+        (status = 200, description = "The decided proposal", body = ProposalOne),
+        (status = 404, description = "No proposal with this id", body = ErrorBody),
+        (status = 409, description = "Already decided, a cycle is running, or there are no profile files",
+            body = ErrorBody),
+        (status = 422, description = "The patched files would be invalid", body = ErrorBody),
+    ))]
 pub(super) async fn proposal_approve(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let p = app
-        .cycles
-        .approve(&principal.actor(), parse_id(&id)?)
-        .await?;
-    Ok(Json(json!({"proposal": proposal_json(&p)})))
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<ProposalOne>, ApiError> {
+    let p = app.cycles.approve(&principal.actor(), id).await?;
+    Ok(Json(ProposalOne {
+        proposal: (&p).into(),
+    }))
 }
 
+/// Rejects a proposal. Audited.
+#[utoipa::path(post, path = "/api/v1/strategy-proposals/{id}/reject", tag = "advice",
+    operation_id = "proposals_reject",
+    params(("id" = Uuid, Path, description = "The proposal's id")),
+    responses(
+        (status = 200, description = "The decided proposal", body = ProposalOne),
+        (status = 404, description = "No proposal with this id", body = ErrorBody),
+        (status = 409, description = "Already decided", body = ErrorBody),
+    ))]
 pub(super) async fn proposal_reject(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let p = app
-        .cycles
-        .reject(&principal.actor(), parse_id(&id)?)
-        .await?;
-    Ok(Json(json!({"proposal": proposal_json(&p)})))
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<ProposalOne>, ApiError> {
+    let p = app.cycles.reject(&principal.actor(), id).await?;
+    Ok(Json(ProposalOne {
+        proposal: (&p).into(),
+    }))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: Option<String>,
+fn governance(g: &crate::cycles::GovernanceView) -> Json<GovernanceOne> {
+    Json(GovernanceOne {
+        governance: g.into(),
+    })
 }
 
-pub(super) async fn governance_get(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let g = app.cycles.governance().await?;
-    Ok(Json(json!({"governance": governance_json(&g)})))
+/// Whether cycles are paused and which namespaces are halted.
+#[utoipa::path(get, path = "/api/v1/governance", tag = "governance", operation_id = "governance_get",
+    responses((status = 200, description = "The governance state", body = GovernanceOne)))]
+pub(super) async fn governance_get(
+    State(app): State<AppState>,
+) -> Result<Json<GovernanceOne>, ApiError> {
+    Ok(governance(&app.cycles.governance().await?))
 }
 
+/// Pauses every cycle (running ones stop at their next stage). Audited.
+#[utoipa::path(post, path = "/api/v1/governance/pause", tag = "governance",
+    operation_id = "governance_pause",
+    request_body(content = Option<Reason>, description = "Optional; may be empty"),
+    responses((status = 200, description = "The governance state", body = GovernanceOne)))]
 pub(super) async fn governance_pause(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: ReasonBody = optional_body(&body)?;
+    Caller(principal): Caller,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<GovernanceOne>, ApiError> {
     let g = app.cycles.pause(&principal.actor(), body.reason).await?;
-    Ok(Json(json!({"governance": governance_json(&g)})))
+    Ok(governance(&g))
 }
 
+/// Lifts the runtime pause. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/resume", tag = "governance",
+    operation_id = "governance_resume",
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 409, description = "The configuration pauses cycles", body = ErrorBody),
+    ))]
 pub(super) async fn governance_resume(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
-    let g = app.cycles.resume(&principal.actor()).await?;
-    Ok(Json(json!({"governance": governance_json(&g)})))
+    Caller(principal): Caller,
+) -> Result<Json<GovernanceOne>, ApiError> {
+    Ok(governance(&app.cycles.resume(&principal.actor()).await?))
 }
 
+/// Halts the cycles of one namespace. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/namespaces/{ns}/halt", tag = "governance",
+    operation_id = "namespace_halt",
+    params(("ns" = String, Path, description = "The namespace: 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    request_body(content = Option<Reason>, description = "Optional; may be empty"),
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 422, description = "An invalid namespace", body = ErrorBody),
+    ))]
 pub(super) async fn namespace_halt(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(ns): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let body: ReasonBody = optional_body(&body)?;
+    Caller(principal): Caller,
+    ApiPath(ns): ApiPath<String>,
+    OptionalJson(body): OptionalJson<Reason>,
+) -> Result<Json<GovernanceOne>, ApiError> {
     let g = app
         .cycles
         .set_halt(&principal.actor(), &ns, true, body.reason)
         .await?;
-    Ok(Json(json!({"governance": governance_json(&g)})))
+    Ok(governance(&g))
 }
 
+/// Lets a halted namespace's cycles run again. Audited.
+#[utoipa::path(post, path = "/api/v1/governance/namespaces/{ns}/resume", tag = "governance",
+    operation_id = "namespace_resume",
+    params(("ns" = String, Path, description = "The namespace: 1 to 64 letters, digits, `-`, `_` or `.`, starting with a letter or digit",
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")),
+    responses(
+        (status = 200, description = "The governance state", body = GovernanceOne),
+        (status = 422, description = "An invalid namespace", body = ErrorBody),
+    ))]
 pub(super) async fn namespace_resume(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(ns): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Caller(principal): Caller,
+    ApiPath(ns): ApiPath<String>,
+) -> Result<Json<GovernanceOne>, ApiError> {
     let g = app
         .cycles
         .set_halt(&principal.actor(), &ns, false, None)
         .await?;
-    Ok(Json(json!({"governance": governance_json(&g)})))
+    Ok(governance(&g))
 }

@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::models::{ConfigIssue, ErrorBody, ErrorObject};
 
 use crate::audit::AuditError;
 use crate::auth::AuthError;
@@ -25,8 +26,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after_secs: Option<u64>,
-    /// Further fields of the error object (e.g. every configuration error).
-    details: Option<(&'static str, serde_json::Value)>,
+    /// Every problem of a refused configuration.
+    errors: Option<Vec<ConfigIssue>>,
 }
 
 /// Detail of an internal error, carried from the handler to the request middleware, which logs
@@ -42,14 +43,26 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
-            details: None,
+            errors: None,
         }
     }
 
-    /// Adds a field to the error object (`{"error": {"code", "message", <key>: value}}`).
-    pub fn with_detail(mut self, key: &'static str, value: serde_json::Value) -> Self {
-        self.details = Some((key, value));
+    /// Adds every problem of a refused configuration (`{"error": {…, "errors": [...]}}`).
+    pub fn with_config_errors(mut self, errors: Vec<ConfigIssue>) -> Self {
+        self.errors = Some(errors);
         self
+    }
+
+    /// The body answered for this error (internal errors get theirs from the middleware).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                request_id: None,
+                errors: self.errors.clone(),
+            },
+        }
     }
 
     /// 400 with a message saying what was wrong and where.
@@ -96,11 +109,7 @@ impl IntoResponse for ApiError {
                 .insert(InternalDetail(self.message));
             return response;
         }
-        let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some((key, value)) = self.details {
-            body["error"][key] = value;
-        }
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -138,10 +147,8 @@ impl From<CyclesError> for ApiError {
             CyclesError::NotFound(_) => Self::not_found(message),
             CyclesError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, message),
             CyclesError::Config(issues) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message).with_detail(
-                    "errors",
-                    serde_json::to_value(&issues.0).unwrap_or_default(),
-                )
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+                    .with_config_errors(issues.0.iter().map(ConfigIssue::from).collect())
             }
             CyclesError::Queue(q) => q.into(),
             CyclesError::Io(_) => Self::internal(message),

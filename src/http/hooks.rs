@@ -6,27 +6,43 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::api::ApiQuery;
 use super::error::ApiError;
-use crate::clock::rfc3339;
-use crate::inbox::{
-    DEFAULT_DELIVERY_ID_HEADERS, Delivery, InboxError, Reason, Received, Rejection,
-};
+use super::extract::{ApiPath, ApiQuery};
+use super::models::ErrorBody;
+use super::models::inbox::{self as models, DeliveryState, HookReceived, Rejections, Sources};
+use crate::inbox::{Delivery, InboxError, Reason, Received, Rejection};
 
-/// `POST /hooks/{source}`: 202 `{status: "accepted", task_id}` for a new delivery, 200
-/// `{status: "duplicate", task_id}` for one seen before; 401/400/413 for a refused one.
+/// Receives an inbound webhook.
+///
+/// Authenticated by the delivery's own signature or token (the source's scheme), not an API
+/// key: 202 for a new delivery, 200 for one seen before; 401/400/413 for a refused one.
+#[utoipa::path(post, path = "/hooks/{source}", tag = "inbox", operation_id = "hooks_receive",
+    params(("source" = String, Path, description = "A configured inbox source")),
+    request_body(description = "The delivery as the sender made it; verified over its raw bytes",
+        content((Value = "application/json"), (Vec<u8> = "application/octet-stream"))),
+    responses(
+        (status = 202, description = "A new delivery: its task was enqueued", body = HookReceived),
+        (status = 200, description = "A delivery seen before: nothing new was created",
+            body = HookReceived,
+            example = json!({"status": "duplicate", "task_id": "0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f"})),
+        (status = 400, description = "The delivery is malformed (e.g. no delivery id)", body = ErrorBody),
+        (status = 401, description = "The signature or token is missing or wrong, or the timestamp is too far off",
+            body = ErrorBody),
+        (status = 404, description = "No source with this name", body = ErrorBody),
+        (status = 413, description = "The body is larger than `server.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "The queue is full", body = ErrorBody),
+    ))]
 pub(super) async fn receive(
     State(app): State<AppState>,
-    Path(source): Path<String>,
+    ApiPath(source): ApiPath<String>,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<HookReceived>), ApiError> {
     if app.inbox.source(&source).is_none() {
         return Err(InboxError::UnknownSource(source).into());
     }
@@ -65,58 +81,56 @@ pub(super) async fn receive(
         delivery.add_header(name, value);
     }
     let (status, state, task_id) = match app.inbox.receive(&source, delivery).await? {
-        Received::Accepted { task_id } => (StatusCode::ACCEPTED, "accepted", task_id),
-        Received::Duplicate { task_id } => (StatusCode::OK, "duplicate", task_id),
+        Received::Accepted { task_id } => (StatusCode::ACCEPTED, DeliveryState::Accepted, task_id),
+        Received::Duplicate { task_id } => (StatusCode::OK, DeliveryState::Duplicate, task_id),
     };
-    Ok((status, Json(json!({"status": state, "task_id": task_id}))).into_response())
+    Ok((
+        status,
+        Json(HookReceived {
+            status: state,
+            task_id,
+        }),
+    ))
 }
 
 /// `GET /api/v1/inbox/sources`: the configured sources, never their secrets.
-pub(super) async fn sources(State(app): State<AppState>) -> Json<Value> {
-    let sources: Vec<Value> = app
-        .inbox
-        .sources()
-        .map(|(name, s)| {
-            let delivery_id = match s.scheme {
-                crate::config::InboxScheme::StandardWebhooks => vec!["webhook-id".to_string()],
-                crate::config::InboxScheme::Github => vec!["x-github-delivery".to_string()],
-                crate::config::InboxScheme::Bearer => match &s.delivery_id_header {
-                    Some(h) => vec![h.clone()],
-                    None => DEFAULT_DELIVERY_ID_HEADERS
-                        .iter()
-                        .map(|h| h.to_string())
-                        .collect(),
-                },
-            };
-            json!({
-                "name": name,
-                "path": format!("/hooks/{name}"),
-                "scheme": s.scheme.as_str(),
-                "task_type": s.task_type,
-                "delivery_id_headers": delivery_id,
-            })
-        })
-        .collect();
+#[utoipa::path(get, path = "/api/v1/inbox/sources", tag = "inbox", operation_id = "inbox_sources",
+    responses((status = 200, description = "The sources", body = Sources)))]
+pub(super) async fn sources(State(app): State<AppState>) -> Json<Sources> {
     let inbox = &app.config.inbox;
-    Json(json!({
-        "sources": sources,
-        "timestamp_tolerance_seconds": inbox.timestamp_tolerance_seconds,
-        "replay_retention_seconds": inbox.replay_retention_seconds,
-    }))
+    Json(Sources {
+        sources: app
+            .inbox
+            .sources()
+            .map(|(name, s)| models::Source::of(name, s))
+            .collect(),
+        timestamp_tolerance_seconds: inbox.timestamp_tolerance_seconds,
+        replay_retention_seconds: inbox.replay_retention_seconds,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RejectionsQuery {
+    /// Only deliveries to this source.
     source: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// `GET /api/v1/inbox/rejections?source=&limit=`: recent refused deliveries, newest first.
+#[utoipa::path(get, path = "/api/v1/inbox/rejections", tag = "inbox",
+    operation_id = "inbox_rejections", params(RejectionsQuery),
+    responses(
+        (status = 200, description = "Refused deliveries, newest first", body = Rejections),
+        (status = 400, description = "`limit` out of range", body = ErrorBody),
+    ))]
 pub(super) async fn rejections(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RejectionsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Rejections>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -127,19 +141,10 @@ pub(super) async fn rejections(
         .inbox
         .rejections(q.source.filter(|s| !s.is_empty()), limit)
         .await?;
-    let rejections: Vec<Value> = rows
-        .iter()
-        .map(|(id, r)| {
-            json!({
-                "id": id,
-                "at": rfc3339(r.at),
-                "source": r.source,
-                "reason": r.reason,
-                "message": r.message,
-                "remote_addr": r.remote_addr,
-                "delivery_id": r.delivery_id,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"rejections": rejections})))
+    Ok(Json(Rejections {
+        rejections: rows
+            .iter()
+            .map(|(id, r)| models::Rejection::of(*id, r))
+            .collect(),
+    }))
 }

@@ -10,11 +10,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tracing::Instrument;
 
 use super::AppState;
 use super::error::{ApiError, InternalDetail};
+use super::models::{ErrorBody, ErrorObject};
 use crate::auth::{AuthError, Role};
 
 /// The request id header, read from the client when sane and always answered.
@@ -85,11 +85,14 @@ pub async fn request_context(
 
     if let Some(InternalDetail(detail)) = response.extensions_mut().remove::<InternalDetail>() {
         span.in_scope(|| tracing::error!(error = %detail, "internal error"));
-        let body = json!({"error": {
-            "code": "internal",
-            "message": format!("internal error; quote request id {id} when reporting it"),
-            "request_id": id,
-        }});
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: "internal".to_string(),
+                message: format!("internal error; quote request id {id} when reporting it"),
+                request_id: Some(id.clone()),
+                errors: None,
+            },
+        };
         response = (response.status(), Json(body)).into_response();
     }
     let status = response.status();

@@ -1,15 +1,19 @@
 //! HTTP: the router (every route with the role it needs), middleware, and the server loop.
 //!
-//! `router(app)` is built apart from `serve(listener, router, shutdown)` so tests run the real
-//! router on `127.0.0.1:0`.
+//! `router(state)` is built apart from `serve(listener, router, shutdown)` so tests run the real
+//! router on `127.0.0.1:0`. The state ([`HttpState`]) is assembled by the application.
 
 pub mod admin;
 mod api;
 mod budgets;
 mod cycles;
 pub mod error;
+mod extract;
 mod hooks;
 pub mod middleware;
+pub mod models;
+pub mod openapi;
+mod state;
 mod tasks;
 
 use std::future::Future;
@@ -23,14 +27,14 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::app::App;
 use crate::auth::Role;
 pub use api::key_json;
 pub use middleware::Access;
+pub use state::HttpState;
 pub use tasks::task_json;
 
 /// Shared state of every handler.
-pub type AppState = Arc<App>;
+pub type AppState = Arc<HttpState>;
 
 /// A route: method, path template and who may call it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +74,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/metrics", R(Viewer), get(api::metrics_text)),
         route(Method::GET, "/metrics/json", R(Viewer), get(api::metrics_json)),
         route(Method::GET, "/api/v1/metrics/history", R(Viewer), get(api::metrics_history)),
+        route(Method::GET, "/api/v1/openapi.json", R(Viewer), get(openapi::serve)),
         route(Method::GET, "/api/v1/system", R(Viewer), get(api::system)),
         route(Method::GET, "/api/v1/cron/status", R(Viewer), get(api::cron_status)),
         route(Method::GET, "/api/v1/audit", R(Viewer), get(api::audit_list)),
@@ -158,6 +163,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
         route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
         route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),
+        route(Method::GET, "/admin/api", S(Viewer), get(admin::api::page)),
         route(Method::GET, "/admin/{*rest}", S(Viewer), get(admin::not_found)),
     ]
 }
@@ -167,7 +173,7 @@ pub fn routes() -> Vec<RouteSpec> {
     table().into_iter().map(|(spec, _)| spec).collect()
 }
 
-/// The full router over `app`.
+/// The full router over `app`'s state.
 pub fn router(app: AppState) -> Router {
     let mut router = Router::new();
     for (spec, handler) in table() {

@@ -5,103 +5,50 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Extension, Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use uuid::Uuid;
+use utoipa::IntoParams;
 
 use super::AppState;
-use super::api::{ApiJson, ApiQuery, parse_id};
 use super::error::ApiError;
-use crate::auth::Principal;
-use crate::clock::rfc3339;
-use crate::exec::HandlerSnapshot;
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdPath, parse_id};
+use super::models::ErrorBody;
+use super::models::tasks::{
+    self as models, Circuit, CircuitList, CircuitOne, DlqStats, DrainRequest, Drained, DrainedTask,
+    LogLine, Run, Runs, StreamEnd, StreamStatus, SubmitTask, Submitted, TaskList, TaskLogs,
+    TaskOne, TaskStatus,
+};
+use crate::events::Subscription;
 use crate::queue::{NewTask, Status, Task, TaskFilter};
 
-/// A task as the API shows it: everything but the handler's secrets.
-pub fn task_json(t: &Task) -> Value {
-    let handler = match HandlerSnapshot::of(t) {
-        Ok(HandlerSnapshot::Http { url, method, .. }) => {
-            json!({"kind": "http", "url": url, "method": method})
-        }
-        Ok(HandlerSnapshot::Command { program, args, .. }) => {
-            json!({"kind": "command", "program": program, "args": args})
-        }
-        Ok(HandlerSnapshot::Llm {
-            provider, model, ..
-        }) => json!({"kind": "llm", "provider": provider, "model": model}),
-        Ok(HandlerSnapshot::Workflow { steps }) => json!({
-            "kind": "workflow",
-            "steps": steps.iter().map(|s| json!({"name": s.name, "handler": s.handler_type}))
-                .collect::<Vec<_>>(),
-        }),
-        Err(e) => json!({"kind": "unreadable", "error": e.to_string()}),
-    };
-    let attempts: Vec<Value> = t
-        .attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "number": a.number,
-                "started_at": rfc3339(a.started_at),
-                "finished_at": a.finished_at.map(rfc3339),
-                "outcome": if a.outcome.is_empty() { "running" } else { a.outcome.as_str() },
-                "error_class": a.error_class,
-                "error_message": a.error_message,
-                "counted": a.counted,
-                "receipt": a.receipt.as_ref().map(|r| json!({
-                    "status": r.status, "latency_ms": r.latency_ms, "body_head": r.body_head,
-                })),
-            })
-        })
-        .collect();
-    json!({
-        "id": t.id,
-        "type": t.task_type,
-        "status": t.status.as_str(),
-        "priority": t.priority,
-        "payload": serde_json::from_str::<Value>(&t.payload).unwrap_or(Value::Null),
-        "idempotency_key": t.idempotency_key,
-        "webhook_id": t.webhook_id(),
-        "created_by": t.created_by,
-        "created_at": rfc3339(t.created_at),
-        "updated_at": rfc3339(t.updated_at),
-        "due_at": rfc3339(t.due_at),
-        "finished_at": t.finished_at.map(rfc3339),
-        "max_attempts": t.max_attempts,
-        "attempts_used": t.counted_attempts(),
-        "timeout_s": t.timeout_ms / 1000,
-        "target": t.target,
-        "handler": handler,
-        "attempts": attempts,
-        "result": t.result,
-        "cancel_requested": t.cancel_requested,
-    })
+/// A task as the API and CLI show it: everything but the handler's secrets.
+pub fn task_json(t: &Task) -> serde_json::Value {
+    serde_json::to_value(models::Task::from(t)).unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SubmitTask {
-    #[serde(rename = "type")]
-    task_type: String,
-    #[serde(default)]
-    payload: Value,
-    priority: Option<u32>,
-    idempotency_key: Option<String>,
-    /// RFC 3339.
-    run_at: Option<String>,
-    max_attempts: Option<u32>,
-    timeout_s: Option<u64>,
-}
-
+/// Submits a task.
+///
+/// With an `idempotency_key` seen before, answers the first task (200) and creates nothing.
+#[utoipa::path(post, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_submit",
+    request_body(content = SubmitTask, description = "The task"),
+    responses(
+        (status = 201, description = "A new task", body = Submitted),
+        (status = 200, description = "The task submitted before with this idempotency key",
+            body = Submitted,
+            example = json!({"id": "0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f", "status": "running", "created": false})),
+        (status = 422, description = "A field is invalid (unknown type, bad run_at, …)",
+            body = ErrorBody),
+        (status = 429, description = "The queue is full; retry after the `Retry-After` seconds",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 pub(super) async fn submit(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Caller(principal): Caller,
     ApiJson(body): ApiJson<SubmitTask>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     let run_at = match body.run_at {
         Some(at) => Some(
             chrono::DateTime::parse_from_rfc3339(&at)
@@ -138,30 +85,46 @@ pub(super) async fn submit(
     };
     Ok((
         status,
-        Json(json!({
-            "id": enqueued.task.id,
-            "status": enqueued.task.status.as_str(),
-            "created": enqueued.created,
-        })),
-    )
-        .into_response())
+        Json(Submitted {
+            id: enqueued.task.id,
+            status: enqueued.task.status.into(),
+            created: enqueued.created,
+        }),
+    ))
 }
 
+/// One task with its attempts and receipts.
+#[utoipa::path(get, path = "/api/v1/tasks/{id}", tag = "tasks", operation_id = "tasks_get",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskOne),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn get(
     State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let task = app.queue.get(parse_id(&id)?).await?;
-    Ok(Json(json!({"task": task_json(&task)})))
+    IdPath(id): IdPath,
+) -> Result<Json<TaskOne>, ApiError> {
+    let task = app.queue.get(id).await?;
+    Ok(Json(TaskOne {
+        task: (&task).into(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only tasks with this status.
+    #[param(value_type = Option<TaskStatus>)]
     status: Option<String>,
+    /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
+    /// At most this many (1 to 1000, default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
@@ -173,10 +136,18 @@ fn parse_status(raw: Option<&str>) -> Result<Option<Status>, ApiError> {
     .transpose()
 }
 
+/// Tasks, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks", operation_id = "tasks_list",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskList),
+        (status = 400, description = "A bad query (unknown status, `limit` out of range, bad cursor)",
+            body = ErrorBody),
+    ))]
 pub(super) async fn list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -192,57 +163,86 @@ pub(super) async fn list(
             cursor: q.cursor.as_deref().map(parse_id).transpose()?,
         })
         .await?;
-    Ok(Json(json!({
-        "tasks": page.tasks.iter().map(task_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(TaskList {
+        tasks: page.tasks.iter().map(models::Task::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
+/// Cancels a task: a waiting one at once, a running one by stopping its attempt. Audited.
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/cancel", tag = "tasks", operation_id = "tasks_cancel",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task after the request", body = TaskOne),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+        (status = 409, description = "The task has already finished", body = ErrorBody),
+    ))]
 pub(super) async fn cancel(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
+) -> Result<Json<TaskOne>, ApiError> {
     let task = app.queue.cancel(&principal.actor(), id).await?;
     if task.status == Status::Running {
         app.dispatcher.cancel_running(id);
     }
-    Ok(Json(json!({"task": task_json(&task)})))
+    Ok(Json(TaskOne {
+        task: (&task).into(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
+    /// The first line number wanted (default 0).
     from: Option<u32>,
 }
 
+/// A task's log lines (stderr of command tasks, notes of other handlers).
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", tag = "tasks", operation_id = "tasks_logs",
+    params(("id" = Uuid, Path, description = "The task's id"), LogQuery),
+    responses(
+        (status = 200, description = "The lines from `from` on", body = TaskLogs),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn logs(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
+) -> Result<Json<TaskLogs>, ApiError> {
     app.queue.get(id).await?;
     let lines = app.queue.logs(id, q.from.unwrap_or(0)).await?;
-    Ok(Json(json!({
-        "lines": lines.iter().map(|(n, l)| json!({"n": n, "line": l})).collect::<Vec<_>>(),
-    })))
+    Ok(Json(TaskLogs {
+        lines: lines
+            .into_iter()
+            .map(|(n, line)| LogLine { n, line })
+            .collect(),
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct RunsQuery {
+    /// Only attempts with this outcome (`succeeded`, `failed`, `running`, `interrupted`,
+    /// `deferred`, `cancelled`).
     status: Option<String>,
+    /// At most this many (clamped to 1..500, default 50).
     limit: Option<usize>,
 }
 
-/// Recent attempts over all tasks, newest first; `status` is an attempt outcome
-/// (`succeeded`, `failed`, `running`, `interrupted`, `deferred`, `cancelled`).
+/// Recent attempts over all tasks.
+///
+/// Newest first; `status` is an attempt outcome (`succeeded`, `failed`, `running`,
+/// `interrupted`, `deferred`, `cancelled`).
+#[utoipa::path(get, path = "/api/v1/runs", tag = "tasks", operation_id = "runs_list",
+    params(RunsQuery),
+    responses((status = 200, description = "Recent attempts, newest first", body = Runs)))]
 pub(super) async fn runs(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<RunsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Runs>, ApiError> {
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let page = app
         .queue
@@ -251,56 +251,60 @@ pub(super) async fn runs(
             ..TaskFilter::default()
         })
         .await?;
-    let mut runs: Vec<(i64, Value)> = Vec::new();
+    let mut runs: Vec<(i64, Run)> = Vec::new();
     for task in &page.tasks {
         for a in &task.attempts {
-            let outcome = if a.outcome.is_empty() {
-                "running"
-            } else {
-                a.outcome.as_str()
-            };
-            if q.status.as_deref().is_some_and(|s| s != outcome) {
+            let run = Run::of(task, a);
+            if q.status.as_deref().is_some_and(|s| s != run.outcome) {
                 continue;
             }
-            runs.push((
-                a.started_at,
-                json!({
-                    "task_id": task.id, "type": task.task_type, "attempt": a.number,
-                    "outcome": outcome, "started_at": rfc3339(a.started_at),
-                    "finished_at": a.finished_at.map(rfc3339), "error_class": a.error_class,
-                    "error_message": a.error_message,
-                    "http_status": a.receipt.as_ref().and_then(|r| r.status),
-                    "latency_ms": a.receipt.as_ref().map(|r| r.latency_ms),
-                }),
-            ));
+            runs.push((a.started_at, run));
         }
     }
     runs.sort_by_key(|r| std::cmp::Reverse(r.0));
     runs.truncate(limit);
-    Ok(Json(
-        json!({"runs": runs.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(Runs {
+        runs: runs.into_iter().map(|(_, r)| r).collect(),
+    }))
 }
 
-/// Server-Sent Events: `status` events when the task's status changes and `log` events for
-/// new log lines, until the task is finished.
+/// How long a task stream waits for an event about its task before it re-reads the task
+/// anyway: the bus is a hint, so a missed event delays the stream by at most this much.
+const STREAM_FALLBACK: Duration = Duration::from_secs(2);
+
+/// A task's live events.
+///
+/// Server-Sent Events: `status` events when the task's status changes and `log` events for new
+/// log lines, until the task is finished.
+#[utoipa::path(get, path = "/api/v1/stream/{id}", tag = "tasks", operation_id = "tasks_stream",
+    params(("id" = Uuid, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `status` (data: StreamStatus), `log` \
+            (data: the line) and a last `end` (data: StreamEnd), then the stream closes",
+            body = String, content_type = "text/event-stream",
+            example = "event: status\ndata: {\"id\":\"0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f\",\"status\":\"running\",\"attempts_used\":0}\n\n"),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+    ))]
 pub(super) async fn stream(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id: Uuid = parse_id(&id)?;
+    // Subscribed before the first read, so no change after that read goes unseen.
+    let events = app.events.subscribe();
     let first = app.queue.get(id).await?;
-    let stream = async_stream(app, first);
+    let stream = task_events(app, events, first);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-fn async_stream(
+fn task_events(
     app: AppState,
+    events: Subscription,
     first: Task,
 ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let id = first.id;
+        let mut events = Some(events);
         let mut last_status = None;
         let mut next_line = 0u32;
         let mut task = first;
@@ -309,8 +313,11 @@ fn async_stream(
                 last_status = Some(task.status);
                 let event = Event::default()
                     .event("status")
-                    .json_data(json!({"id": id, "status": task.status.as_str(),
-                        "attempts_used": task.counted_attempts()}))
+                    .json_data(StreamStatus {
+                        id,
+                        status: task.status.into(),
+                        attempts_used: task.counted_attempts(),
+                    })
                     .unwrap_or_default();
                 if tx.send(event).await.is_err() {
                     return;
@@ -331,15 +338,29 @@ fn async_stream(
             if task.status.is_final() {
                 let done = Event::default()
                     .event("end")
-                    .json_data(
-                        json!({"id": id, "status": task.status.as_str(), "result": task.result}),
-                    )
+                    .json_data(StreamEnd {
+                        id,
+                        status: task.status.into(),
+                        result: task.result.clone(),
+                    })
                     .unwrap_or_default();
                 let _ = tx.send(done).await;
                 return;
             }
+            let about_task = async {
+                match events.as_mut() {
+                    // A lag also wakes it: the task is re-read either way.
+                    Some(sub) => sub.changed(|e| e.task_id() == Some(id)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                open = about_task => {
+                    if !open {
+                        events = None;
+                    }
+                }
+                _ = tokio::time::sleep(STREAM_FALLBACK) => {}
                 _ = tx.closed() => return,
             }
             match app.queue.get(id).await {
@@ -351,25 +372,38 @@ fn async_stream(
     tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
 }
 
-pub(super) async fn dlq_stats(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(
-        serde_json::to_value(app.queue.dlq_stats().await?).unwrap_or_default(),
-    ))
+/// Dead tasks by type and error class.
+#[utoipa::path(get, path = "/api/v1/dlq/stats", tag = "dlq", operation_id = "dlq_stats",
+    responses((status = 200, description = "Counts", body = DlqStats)))]
+pub(super) async fn dlq_stats(State(app): State<AppState>) -> Result<Json<DlqStats>, ApiError> {
+    Ok(Json(app.queue.dlq_stats().await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DlqQuery {
+    /// Only tasks of this type.
     #[serde(rename = "type")]
     task_type: Option<String>,
+    /// At most this many (clamped to 1..1000, default 50).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
+/// Dead tasks, newest first.
+#[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", operation_id = "dlq_list",
+    params(DlqQuery),
+    responses(
+        (status = 200, description = "A page of dead tasks", body = TaskList),
+        (status = 400, description = "A bad cursor", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_list(
     State(app): State<AppState>,
     ApiQuery(q): ApiQuery<DlqQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskList>, ApiError> {
     let page = app
         .queue
         .list(TaskFilter {
@@ -379,26 +413,24 @@ pub(super) async fn dlq_list(
             cursor: q.cursor.as_deref().map(parse_id).transpose()?,
         })
         .await?;
-    Ok(Json(json!({
-        "tasks": page.tasks.iter().map(task_json).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor,
-    })))
+    Ok(Json(TaskList {
+        tasks: page.tasks.iter().map(models::Task::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DrainRequest {
-    filter_type: Option<String>,
-    max: usize,
-    #[serde(default)]
-    dry_run: bool,
-}
-
+/// Moves dead tasks back to the queue (or, with `dry_run`, says which would move). Audited.
+#[utoipa::path(post, path = "/api/v1/dlq/drain", tag = "dlq", operation_id = "dlq_drain",
+    request_body(content = DrainRequest, description = "Which dead tasks"),
+    responses(
+        (status = 200, description = "What moved", body = Drained),
+        (status = 422, description = "`max` out of range or another invalid field", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_drain(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
+    Caller(principal): Caller,
     ApiJson(body): ApiJson<DrainRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Drained>, ApiError> {
     if !(1..=10_000).contains(&body.max) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -410,43 +442,54 @@ pub(super) async fn dlq_drain(
         .queue
         .dlq_drain(&principal.actor(), body.filter_type, body.max, body.dry_run)
         .await?;
-    Ok(Json(json!({
-        "dry_run": report.dry_run,
-        "count": report.tasks.len(),
-        "tasks": report.tasks.iter().map(|t| json!({
-            "id": t.id, "type": t.task_type, "error_class": t.last_error_class(),
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Drained {
+        dry_run: report.dry_run,
+        count: report.tasks.len(),
+        tasks: report.tasks.iter().map(DrainedTask::from).collect(),
+    }))
 }
 
+/// Purges one dead task. Audited.
+#[utoipa::path(delete, path = "/api/v1/dlq/{id}", tag = "dlq", operation_id = "dlq_delete",
+    params(("id" = Uuid, Path, description = "The dead task's id")),
+    responses(
+        (status = 204, description = "Purged"),
+        (status = 404, description = "No task with this id", body = ErrorBody),
+        (status = 409, description = "The task is not dead", body = ErrorBody),
+    ))]
 pub(super) async fn dlq_delete(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    Caller(principal): Caller,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, ApiError> {
-    app.queue
-        .dlq_delete(&principal.actor(), parse_id(&id)?)
-        .await?;
+    app.queue.dlq_delete(&principal.actor(), id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn circuit_json(c: &crate::exec::circuit::CircuitView) -> Value {
-    json!({
-        "name": c.name, "state": c.state, "failure_ratio": c.failure_ratio,
-        "window_volume": c.window_volume, "opened_at": c.opened_at.map(rfc3339),
-        "open_until": c.open_until.map(rfc3339),
+/// Every circuit breaker of task targets.
+#[utoipa::path(get, path = "/api/v1/circuits", tag = "circuits", operation_id = "circuits_list",
+    responses((status = 200, description = "The circuits", body = CircuitList)))]
+pub(super) async fn circuits(State(app): State<AppState>) -> Json<CircuitList> {
+    Json(CircuitList {
+        circuits: app.circuits.list().iter().map(Circuit::from).collect(),
     })
 }
 
-pub(super) async fn circuits(State(app): State<AppState>) -> Json<Value> {
-    Json(json!({"circuits": app.circuits.list().iter().map(circuit_json).collect::<Vec<_>>()}))
-}
-
+/// Closes a circuit at once. Audited.
+#[utoipa::path(post, path = "/api/v1/circuits/{name}/reset", tag = "circuits",
+    operation_id = "circuits_reset",
+    params(("name" = String, Path, description = "The circuit's target, e.g. `http:example.com`")),
+    responses(
+        (status = 200, description = "The circuit, closed", body = CircuitOne),
+        (status = 404, description = "No circuit with this name", body = ErrorBody),
+    ))]
 pub(super) async fn circuit_reset(
     State(app): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    Caller(principal): Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<CircuitOne>, ApiError> {
     let view = app.circuits.reset(&principal.actor(), &name).await?;
-    Ok(Json(json!({"circuit": circuit_json(&view)})))
+    Ok(Json(CircuitOne {
+        circuit: (&view).into(),
+    }))
 }

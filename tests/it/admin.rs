@@ -600,7 +600,7 @@ fn every_page_renders_for_its_role_and_is_refused_below() {
     let task = dead_letter(&app);
     let clients = clients(&app);
     let table = pages(&task);
-    assert_eq!(table.len(), 10, "{table:?}");
+    assert_eq!(table.len(), 11, "{table:?}");
     for (path, needed) in &table {
         for (role, _, c) in &clients {
             let r = c.get(path);
@@ -933,7 +933,7 @@ fn no_secret_reaches_any_page() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 12);
+    assert_eq!(seen, 13);
     let settings = admin.get("/admin/settings").body;
     assert!(
         settings.contains("***") && settings.contains("[handlers.hook]"),
@@ -1585,4 +1585,68 @@ fn cycles_page_shows_state_and_operator_actions() {
     );
     let g = app.admin_get("/api/v1/governance").json();
     assert_eq!(g["governance"]["halted_namespaces"], json!([]));
+}
+
+/// `/admin/api`: the API reference for any signed-in role, linked from the navigation, listing
+/// every route of the API with its method, roles, parameters, bodies and examples, rendered from
+/// the same document `GET /api/v1/openapi.json` serves.
+#[test]
+fn the_api_reference_page_lists_every_api_route() {
+    let app = TestApp::start();
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    assert!(viewer.get("/admin").body.contains("href=\"/admin/api\""));
+    let r = viewer.get("/admin/api");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(is_html(&r), "{:?}", r.headers);
+    assert_no_inline_code("/admin/api", &r.body);
+    let api: Vec<_> = routes()
+        .into_iter()
+        .filter(|s| !s.path.starts_with("/admin"))
+        .collect();
+    assert!(api.len() > 50, "{api:?}");
+    for spec in &api {
+        let method = spec.method.as_str();
+        let heading = format!(
+            "<span class=\"method {}\">{method}</span> <code class=\"path\">{}</code>",
+            method.to_ascii_lowercase(),
+            spec.path
+        );
+        assert!(
+            r.body.contains(&heading),
+            "no {method} {} on the page",
+            spec.path
+        );
+    }
+    // The document's operations and schemas, with roles, parameters, bodies and examples.
+    let doc = app.get("/api/v1/openapi.json", Some(&app.admin_key)).json();
+    for op in doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+    {
+        let id = op["operationId"].as_str().unwrap();
+        assert!(r.body.contains(&format!("id=\"op-{id}\"")), "{id}");
+    }
+    for name in doc["components"]["schemas"].as_object().unwrap().keys() {
+        assert!(r.body.contains(&format!("id=\"schema-{name}\"")), "{name}");
+    }
+    let rotate = &r.body[r.body.find("id=\"op-keys_rotate\"").unwrap()..];
+    let rotate = &rotate[..rotate.find("</article>").unwrap()];
+    for expected in [
+        "<span class=\"role\">admin</span>",
+        "<th scope=\"row\" class=\"mono\">id</th>",
+        "href=\"#schema-RotateKey\"",
+        "Example request body",
+        "overlap_seconds",
+        "href=\"#schema-KeyCreated\"",
+        "401 Unauthorized",
+    ] {
+        assert!(
+            rotate.contains(expected),
+            "keys_rotate lacks {expected}: {rotate}"
+        );
+    }
+    let health = &r.body[r.body.find("id=\"op-health\"").unwrap()..];
+    assert!(health[..health.find("</article>").unwrap()].contains("public: no key"));
 }

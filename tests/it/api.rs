@@ -986,3 +986,186 @@ fn system_and_cron_status_report_facts() {
     }
     assert_eq!(find("metrics-snapshot")["schedule"], "every 2m");
 }
+
+/// `GET /api/v1/openapi.json`: an OpenAPI 3.1 document for a viewer (401 without a key) that
+/// lists exactly the API routes of the route table, each with the roles that may call it, a
+/// security requirement when it needs a key, and described responses including the error shape.
+#[test]
+fn the_openapi_document_lists_every_api_route_with_its_roles() {
+    let app = TestApp::start();
+    let viewer = app.create_key("viewer");
+    let r = app.get("/api/v1/openapi.json", None);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.error_code(), "missing_key");
+    let r = app.get("/api/v1/openapi.json", Some(&viewer));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{:?}",
+        r.headers
+    );
+    let doc = r.json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], keel::process::VERSION);
+    assert!(
+        doc["components"]["schemas"]["ErrorBody"].is_object(),
+        "{doc}"
+    );
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            documented.push((method.to_uppercase(), path.clone(), op.clone()));
+        }
+    }
+    documented.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut table: Vec<_> = keel::http::routes()
+        .into_iter()
+        .filter(|s| !s.path.starts_with("/admin"))
+        .collect();
+    table.sort_by(|a, b| (a.method.as_str(), a.path).cmp(&(b.method.as_str(), b.path)));
+    assert_eq!(
+        documented
+            .iter()
+            .map(|(m, p, _)| format!("{m} {p}"))
+            .collect::<Vec<_>>(),
+        table
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect::<Vec<_>>(),
+        "the document and the route table disagree"
+    );
+    for ((_, _, op), spec) in documented.iter().zip(&table) {
+        let what = format!("{} {}", spec.method, spec.path);
+        let roles: Vec<&str> = match spec.access {
+            keel::http::Access::Role(needed) => keel::auth::Role::ALL
+                .iter()
+                .filter(|r| **r >= needed)
+                .map(|r| r.as_str())
+                .collect(),
+            _ => Vec::new(),
+        };
+        assert_eq!(op["x-roles"], json!(roles), "{what}");
+        if let keel::http::Access::Role(needed) = spec.access {
+            assert_eq!(
+                op["security"][0]["bearer"],
+                json!([needed.as_str()]),
+                "{what}"
+            );
+            for status in ["401", "403"] {
+                assert!(op["responses"][status].is_object(), "{what}: no {status}");
+            }
+        } else {
+            assert!(op.get("security").is_none(), "{what}");
+        }
+        assert!(op["summary"].is_string(), "{what}");
+        assert!(op["responses"]["500"].is_object(), "{what}");
+        for (status, response) in op["responses"].as_object().unwrap() {
+            let described = response["description"].is_string()
+                || response["$ref"]
+                    .as_str()
+                    .and_then(|r| r.rsplit('/').next())
+                    .is_some_and(|name| {
+                        doc["components"]["responses"][name]["description"].is_string()
+                    });
+            assert!(described, "{what} {status}: {response}");
+        }
+    }
+}
+
+/// axum's own rejections (bad JSON, no JSON content type, a bad path segment or query, a body
+/// over the limit) answer keel's JSON error shape, never plain text.
+#[test]
+fn extractor_rejections_answer_the_json_error_shape() {
+    let app = TestApp::start_with(|c| c.server.max_body_bytes = 1024);
+    let key = app.admin_key.clone();
+    let cases: Vec<(Resp, u16, &str)> = vec![
+        (
+            app.request(
+                "POST",
+                "/api/v1/tasks",
+                Some(&key),
+                Some(("application/json", b"{\"type\": ")),
+            ),
+            400,
+            "malformed_json",
+        ),
+        (
+            app.request(
+                "POST",
+                "/api/v1/tasks",
+                Some(&key),
+                Some(("text/plain", b"{\"type\": \"x\"}")),
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            app.request(
+                "POST",
+                "/api/v1/dlq/drain",
+                Some(&key),
+                Some(("application/json", b"{\"max\": \"lots\"}")),
+            ),
+            422,
+            "invalid_field",
+        ),
+        (
+            app.get("/api/v1/tasks?limit=many", Some(&key)),
+            400,
+            "invalid_query",
+        ),
+        (
+            app.get("/api/v1/tasks?colour=red", Some(&key)),
+            400,
+            "invalid_query",
+        ),
+        (
+            app.get("/api/v1/tasks/not-a-uuid", Some(&key)),
+            400,
+            "bad_request",
+        ),
+        (
+            app.get("/api/v1/circuits/%FF/reset", Some(&key)),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.request("POST", "/api/v1/circuits/%FF%FE/reset", Some(&key), None),
+            400,
+            "invalid_path",
+        ),
+        (
+            app.request(
+                "POST",
+                "/api/v1/cycles/trigger",
+                Some(&key),
+                Some(("application/json", &vec![b' '; 4096])),
+            ),
+            413,
+            "payload_too_large",
+        ),
+        (
+            app.request(
+                "POST",
+                "/api/v1/tasks",
+                Some(&key),
+                Some(("application/json", &vec![b' '; 4096])),
+            ),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (r, status, code) in cases {
+        assert_eq!(r.status, status, "{r:?}");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{r:?}"
+        );
+        assert_eq!(r.error_code(), code, "{r:?}");
+        assert!(r.json()["error"]["message"].is_string(), "{r:?}");
+    }
+}

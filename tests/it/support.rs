@@ -258,7 +258,7 @@ impl TestApp {
         });
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = keel::http::router(Arc::clone(&app));
+        let router = keel::http::router(app.http_state());
         let server = runtime.spawn(async move {
             let _ = keel::http::serve(listener, router, async {
                 let _ = stopped.await;

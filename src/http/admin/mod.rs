@@ -7,9 +7,9 @@
 //! surfaces: [`ApiError`] answers JSON on the API, [`AdminError`] renders the same status and
 //! message as an HTML page here.
 
+pub mod api;
 pub mod assets;
 pub mod audit;
-pub mod bench;
 pub mod budgets;
 pub mod charts;
 pub mod circuits;
@@ -322,7 +322,7 @@ impl Layout {
             css: assets::url("admin.css"),
             js: assets::url("admin.js"),
             icon: assets::url("favicon.svg"),
-            version: crate::app::VERSION,
+            version: crate::process::VERSION,
         }
     }
 
@@ -396,6 +396,11 @@ impl Layout {
                 href: "/admin/audit",
                 label: "Audit",
                 id: "audit",
+            },
+            NavItem {
+                href: "/admin/api",
+                label: "API",
+                id: "api",
             },
         ];
         if self.is_admin() {

@@ -10,12 +10,13 @@ use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Extension, State};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
 
 use super::charts::{self, Group, Line, Window};
 use super::{AdminError, AdminState, Ctx, Layout, PageQuery, ago, count, micros, seconds, time};
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiQuery;
+use crate::http::models::admin::{LiveCard, LiveOverview, OverviewFragments};
 use crate::queue::Status;
 
 /// A headline number.
@@ -235,8 +236,8 @@ pub async fn collect(
     cards.push(Card {
         id: "uptime",
         label: "Uptime".into(),
-        value: seconds(app.uptime().as_secs()),
-        hint: format!("keel {}", crate::app::VERSION),
+        value: seconds(app.process.uptime().as_secs()),
+        hint: format!("keel {}", crate::process::VERSION),
         tone: "",
     });
 
@@ -349,7 +350,7 @@ pub async fn collect(
         throughput_chart,
         depth_chart,
         outcomes_chart,
-        started_at: time(app.started_at_ms),
+        started_at: time(app.process.started_at_ms),
     })
 }
 
@@ -413,34 +414,38 @@ pub async fn page(
 pub async fn live(
     State(app): State<AppState>,
     Extension(state): Extension<Arc<AdminState>>,
-    axum::extract::Query(q): axum::extract::Query<WindowQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<WindowQuery>,
+) -> Result<Json<LiveOverview>, ApiError> {
     let window = Window::parse(q.window.as_deref());
     let d = collect(&app, &state, window)
         .await
         .map_err(|e| ApiError::new(e.status(), "internal", "the overview could not be read"))?;
-    let cards: Map<String, Value> = d
+    let cards = d
         .cards
         .iter()
         .map(|c| {
             (
                 c.id.to_string(),
-                json!({"value": c.value, "hint": c.hint, "tone": c.tone}),
+                LiveCard {
+                    value: c.value.clone(),
+                    hint: c.hint.clone(),
+                    tone: c.tone.to_string(),
+                },
             )
         })
         .collect();
     let by_type = ByTypeRows { d: &d }.render().map_err(ApiError::internal)?;
     let workers = WorkerRows { d: &d }.render().map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "cards": cards,
-        "html": {
-            "api_chart": d.api_chart,
-            "task_chart": d.task_chart,
-            "throughput_chart": d.throughput_chart,
-            "depth_chart": d.depth_chart,
-            "outcomes_chart": d.outcomes_chart,
-            "by_type": by_type,
-            "workers": workers,
+    Ok(Json(LiveOverview {
+        cards,
+        html: OverviewFragments {
+            api_chart: d.api_chart,
+            task_chart: d.task_chart,
+            throughput_chart: d.throughput_chart,
+            depth_chart: d.depth_chart,
+            outcomes_chart: d.outcomes_chart,
+            by_type,
+            workers,
         },
-    })))
+    }))
 }

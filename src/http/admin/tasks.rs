@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::{
@@ -20,6 +19,8 @@ use super::{
 use crate::exec::HandlerSnapshot;
 use crate::http::AppState;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiQuery;
+use crate::http::models::admin::{LiveTasks, TaskFragments};
 use crate::queue::{NewTask, QueueError, Status, Task, TaskFilter};
 
 /// Tasks per page.
@@ -245,8 +246,8 @@ pub async fn list(
 /// `GET /admin/live/tasks`: counts by status and the first page of rows, for `admin.js`.
 pub async fn live_list(
     State(app): State<AppState>,
-    axum::extract::Query(q): axum::extract::Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<LiveTasks>, ApiError> {
     let status = parse_status(q.status.as_deref()).map_err(ApiError::bad_request)?;
     let task_type = q.task_type.filter(|t| !t.is_empty());
     let page = app
@@ -264,15 +265,18 @@ pub async fn live_list(
     let html = TaskRows { rows: &rows }
         .render()
         .map_err(ApiError::internal)?;
-    let mut chips = serde_json::Map::new();
-    chips.insert("all".into(), json!(count(counts.values().sum())));
+    let mut chips = BTreeMap::new();
+    chips.insert("all".to_string(), count(counts.values().sum()));
     for s in Status::ALL {
         chips.insert(
-            s.as_str().into(),
-            json!(count(counts.get(&s).copied().unwrap_or(0))),
+            s.as_str().to_string(),
+            count(counts.get(&s).copied().unwrap_or(0)),
         );
     }
-    Ok(Json(json!({"counts": chips, "html": {"rows": html}})))
+    Ok(Json(LiveTasks {
+        counts: chips,
+        html: TaskFragments { rows: html },
+    }))
 }
 
 fn optional<T: std::str::FromStr>(field: &str, raw: &str) -> Result<Option<T>, String> {
@@ -287,7 +291,7 @@ fn optional<T: std::str::FromStr>(field: &str, raw: &str) -> Result<Option<T>, S
 
 fn new_task(form: &EnqueueForm) -> Result<NewTask, String> {
     let payload = if form.payload.trim().is_empty() {
-        Value::Object(Default::default())
+        serde_json::Value::Object(Default::default())
     } else {
         serde_json::from_str(&form.payload).map_err(|e| format!("payload: not JSON: {e}"))?
     };

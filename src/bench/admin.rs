@@ -314,7 +314,7 @@ pub fn run(dir: &Path, tasks: usize, days: u32, renders: usize) -> anyhow::Resul
         let app = crate::app::App::start(config.clone(), Arc::clone(&clock)).await?;
         let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let router = crate::http::router(Arc::clone(&app));
+        let router = crate::http::router(app.http_state());
         tokio::spawn(crate::http::serve(listener, router, std::future::pending()));
         anyhow::Ok((app, base))
     })?;
