@@ -347,6 +347,11 @@ impl App {
         });
     }
 
+    /// How long this process has been up.
+    pub fn uptime(&self) -> Duration {
+        self.process.uptime()
+    }
+
     /// The state the HTTP router serves from.
     pub fn http_state(&self) -> Arc<HttpState> {
         Arc::clone(&self.state)
