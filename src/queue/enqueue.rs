@@ -128,7 +128,7 @@ impl Queue {
         tx: &WriteTransaction,
         task: &Task,
     ) -> Result<Enqueued, QueueError> {
-        let mut t = Tables::open(tx, &*self.handlers)?;
+        let mut t = Tables::open(tx, &*self.handlers);
         if let Some(existing) = t.task(task.id)? {
             return Ok(Enqueued {
                 task: existing,
@@ -193,9 +193,10 @@ fn insert_enqueued(
     }
     if let Some(key) = &task.idempotency_key {
         let expires = now + limits.retention_ms;
-        t.idempotency_keys
+        t.idempotency_keys_mut()?
             .insert(key.as_str(), (task.id.as_u128(), expires))?;
-        t.idempotency_expiry.insert((expires, key.as_str()), ())?;
+        t.idempotency_expiry_mut()?
+            .insert((expires, key.as_str()), ())?;
     }
     indexes::insert_new(t, task, now)?;
     audit.append(

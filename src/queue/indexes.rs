@@ -28,12 +28,12 @@ fn bump_count(
     delta: i64,
 ) -> Result<(), QueueError> {
     let key = (status.code(), task_type);
-    let current = t.counts.get(key)?.map(|v| v.value()).unwrap_or(0);
+    let current = t.counts_mut()?.get(key)?.map(|v| v.value()).unwrap_or(0);
     let next = current.saturating_add_signed(delta);
     if next == 0 {
-        t.counts.remove(key)?;
+        t.counts_mut()?.remove(key)?;
     } else {
-        t.counts.insert(key, next)?;
+        t.counts_mut()?.insert(key, next)?;
     }
     Ok(())
 }
@@ -43,7 +43,7 @@ pub(super) fn waiting_depth(t: &impl ReadableTables) -> Result<u64, QueueError> 
     let mut depth = 0;
     for status in [Status::Queued, Status::Retrying] {
         for row in t
-            .counts()
+            .counts()?
             .range((status.code(), "")..(status.code() + 1, ""))?
         {
             depth += row?.1.value();
@@ -55,7 +55,7 @@ pub(super) fn waiting_depth(t: &impl ReadableTables) -> Result<u64, QueueError> 
 /// Stores a new task with its status index, count and schedule.
 pub(super) fn insert_new(t: &mut Tables<'_>, task: &Task, now: Millis) -> Result<(), QueueError> {
     t.save(task)?;
-    t.by_status
+    t.by_status_mut()?
         .insert((task.status.code(), task.id.as_u128()), ())?;
     bump_count(t, task.status, &task.task_type, 1)?;
     schedule(t, task, now)
@@ -70,9 +70,10 @@ pub(super) fn set_status(
     now: Millis,
 ) -> Result<(), QueueError> {
     if task.status != status {
-        t.by_status
+        t.by_status_mut()?
             .remove((task.status.code(), task.id.as_u128()))?;
-        t.by_status.insert((status.code(), task.id.as_u128()), ())?;
+        t.by_status_mut()?
+            .insert((status.code(), task.id.as_u128()), ())?;
         bump_count(t, task.status, &task.task_type, -1)?;
         bump_count(t, status, &task.task_type, 1)?;
         task.status = status;
@@ -84,24 +85,26 @@ pub(super) fn set_status(
 /// Puts a waiting task in the ready or delayed index by its due time.
 pub(super) fn schedule(t: &mut Tables<'_>, task: &Task, now: Millis) -> Result<(), QueueError> {
     if task.due_at <= now {
-        t.ready.insert(ready_key(task), ())?;
+        t.ready_mut()?.insert(ready_key(task), ())?;
     } else {
-        t.delayed.insert((task.due_at, task.id.as_u128()), ())?;
+        t.delayed_mut()?
+            .insert((task.due_at, task.id.as_u128()), ())?;
     }
     Ok(())
 }
 
 /// Removes a waiting task from the ready and delayed indexes.
 pub(super) fn unschedule(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueError> {
-    t.ready.remove(ready_key(task))?;
-    t.delayed.remove((task.due_at, task.id.as_u128()))?;
+    t.ready_mut()?.remove(ready_key(task))?;
+    t.delayed_mut()?.remove((task.due_at, task.id.as_u128()))?;
     Ok(())
 }
 
 /// Records a task's lease in the leased index.
 pub(super) fn add_lease(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueError> {
     if let Some(lease) = task.lease {
-        t.leased.insert((lease.expires_at, task.id.as_u128()), ())?;
+        t.leased_mut()?
+            .insert((lease.expires_at, task.id.as_u128()), ())?;
     }
     Ok(())
 }
@@ -109,7 +112,8 @@ pub(super) fn add_lease(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueErro
 /// Ends a task's lease and removes it from the leased index.
 pub(super) fn end_lease(t: &mut Tables<'_>, task: &mut Task) -> Result<(), QueueError> {
     if let Some(lease) = task.lease.take() {
-        t.leased.remove((lease.expires_at, task.id.as_u128()))?;
+        t.leased_mut()?
+            .remove((lease.expires_at, task.id.as_u128()))?;
     }
     Ok(())
 }
@@ -118,29 +122,30 @@ pub(super) fn end_lease(t: &mut Tables<'_>, task: &mut Task) -> Result<(), Queue
 pub(super) fn delete_task(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueError> {
     unschedule(t, task)?;
     if let Some(lease) = task.lease {
-        t.leased.remove((lease.expires_at, task.id.as_u128()))?;
+        t.leased_mut()?
+            .remove((lease.expires_at, task.id.as_u128()))?;
     }
-    t.by_status
+    t.by_status_mut()?
         .remove((task.status.code(), task.id.as_u128()))?;
     bump_count(t, task.status, &task.task_type, -1)?;
-    t.tasks.remove(task.id.as_u128())?;
+    t.tasks_mut()?.remove(task.id.as_u128())?;
     let lines: Vec<(u128, u32)> = t
-        .logs
+        .logs()?
         .range((task.id.as_u128(), 0)..=(task.id.as_u128(), u32::MAX))?
         .map(|r| r.map(|(k, _)| k.value()))
         .collect::<Result<_, _>>()?;
     for key in lines {
-        t.logs.remove(key)?;
+        t.logs_mut()?.remove(key)?;
     }
     Ok(())
 }
 
 /// Whether a task is ready, or a delayed one is due.
 pub(super) fn has_due_work(t: &impl ReadableTables, now: Millis) -> Result<bool, QueueError> {
-    if !t.ready().is_empty()? {
+    if !t.ready()?.is_empty()? {
         return Ok(true);
     }
-    Ok(t.delayed()
+    Ok(t.delayed()?
         .first()?
         .is_some_and(|(k, _)| k.value().0 <= now))
 }
@@ -148,15 +153,15 @@ pub(super) fn has_due_work(t: &impl ReadableTables, now: Millis) -> Result<bool,
 /// Moves delayed tasks that are due into the ready index (at most `limit`).
 pub(super) fn promote_due(t: &mut Tables<'_>, now: Millis, limit: usize) -> Result<(), QueueError> {
     let due: Vec<(i64, u128)> = t
-        .delayed
+        .delayed()?
         .range(..=(now, u128::MAX))?
         .take(limit)
         .map(|r| r.map(|(k, _)| k.value()))
         .collect::<Result<_, _>>()?;
     for (at, raw) in due {
-        t.delayed.remove((at, raw))?;
+        t.delayed_mut()?.remove((at, raw))?;
         if let Some(task) = t.task(Uuid::from_u128(raw))? {
-            t.ready.insert(ready_key(&task), ())?;
+            t.ready_mut()?.insert(ready_key(&task), ())?;
         }
     }
     Ok(())
@@ -181,7 +186,7 @@ pub(super) fn ready_head(
     task_type: &str,
 ) -> Result<Option<(u32, i64, u128)>, QueueError> {
     let mut range = t
-        .ready()
+        .ready()?
         .range((task_type, 0, i64::MIN, 0)..=(task_type, u32::MAX, i64::MAX, u128::MAX))?;
     Ok(match range.next() {
         Some(row) => {
@@ -194,7 +199,7 @@ pub(super) fn ready_head(
 
 /// Task types that have ready tasks, by skipping from one type to the next in the index.
 pub(super) fn ready_types(t: &impl ReadableTables) -> Result<Vec<String>, QueueError> {
-    let table = t.ready();
+    let table = t.ready()?;
     let mut types = Vec::new();
     let mut next = table.first()?.map(|(k, _)| k.value().0.to_string());
     while let Some(task_type) = next {

@@ -125,7 +125,8 @@ fn lease_in(
             break;
         };
         looked_at += 1;
-        t.ready.remove((task_type.as_str(), priority, due, raw))?;
+        t.ready_mut()?
+            .remove((task_type.as_str(), priority, due, raw))?;
         let refill = |t: &Tables<'_>, heads: &mut BinaryHeap<_>| {
             if let Some(head) = indexes::ready_head(t, &task_type)? {
                 heads.push(Reverse((head, task_type.clone())));

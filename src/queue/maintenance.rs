@@ -26,7 +26,7 @@ impl Queue {
         let result_max = self.config.queue.result_max_bytes;
         let reaped = self
             .write(move |_, t| {
-                let expired = indexes::due_entries(t.leased(), (now, u128::MAX), PROMOTE_LIMIT)?;
+                let expired = indexes::due_entries(t.leased()?, (now, u128::MAX), PROMOTE_LIMIT)?;
                 let mut reaped = Vec::new();
                 for (_, raw) in expired {
                     let Some(mut task) = t.task(Uuid::from_u128(raw))? else {
@@ -62,16 +62,19 @@ impl Queue {
         let removal = Arc::clone(&self.removal);
         self.write(move |tx, t| {
             let expired_keys: Vec<(i64, String)> = t
-                .idempotency_expiry
+                .idempotency_expiry_mut()?
                 .range(..(now, ""))?
                 .take(PROMOTE_LIMIT)
                 .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
                 .collect::<Result<_, _>>()?;
             for (at, key) in &expired_keys {
-                t.idempotency_expiry.remove((*at, key.as_str()))?;
-                let current = t.idempotency_keys.get(key.as_str())?.map(|v| v.value());
+                t.idempotency_expiry_mut()?.remove((*at, key.as_str()))?;
+                let current = t
+                    .idempotency_keys_mut()?
+                    .get(key.as_str())?
+                    .map(|v| v.value());
                 if current.is_some_and(|(_, exp)| exp == *at) {
-                    t.idempotency_keys.remove(key.as_str())?;
+                    t.idempotency_keys_mut()?.remove(key.as_str())?;
                 }
             }
             let mut deleted = Vec::new();

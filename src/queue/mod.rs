@@ -171,7 +171,7 @@ impl Queue {
         let handlers = Arc::clone(&self.handlers);
         self.store
             .write(move |tx| {
-                let mut tables = Tables::open(tx, &*handlers)?;
+                let mut tables = Tables::open(tx, &*handlers);
                 work(tx, &mut tables)
             })
             .await
@@ -185,7 +185,7 @@ impl Queue {
     {
         let handlers = Arc::clone(&self.handlers);
         self.store
-            .read(move |tx| work(&ReadTables::open(tx, &*handlers)?))
+            .read(move |tx| work(&ReadTables::open(tx, &*handlers)))
             .await
     }
 
@@ -213,7 +213,7 @@ impl Queue {
         self.write(move |_, t| {
             let next = t.next_log_line(id)?;
             for (offset, line) in lines.iter().enumerate() {
-                t.logs
+                t.logs_mut()?
                     .insert((id.as_u128(), next + offset as u32), line.as_str())?;
             }
             Ok(())
@@ -266,7 +266,7 @@ impl Queue {
     pub async fn counts(&self) -> Result<BTreeMap<(Status, String), u64>, QueueError> {
         self.read(|t| {
             let mut out = BTreeMap::new();
-            for row in t.counts().iter()? {
+            for row in t.counts()?.iter()? {
                 let (k, v) = row?;
                 let (code, task_type) = k.value();
                 if let Some(status) = Status::from_code(code)

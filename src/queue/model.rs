@@ -97,9 +97,46 @@ impl std::str::FromStr for Status {
 
 /// How a task runs, recorded by the room that runs it when the task is enqueued: an opaque
 /// versioned record (`[version][postcard]`) that the queue stores and hands back unread.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(transparent)]
+///
+/// Stored as a byte string (postcard: length, then the bytes), which is the same encoding as a
+/// sequence of `u8`, written and read in one piece.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot(Vec<u8>);
+
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Snapshot;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the bytes of a handler snapshot")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Snapshot, E> {
+                Ok(Snapshot(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Snapshot, E> {
+                Ok(Snapshot(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Snapshot, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Ok(Snapshot(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+}
 
 impl Snapshot {
     /// The snapshot of `record`.

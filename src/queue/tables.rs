@@ -1,8 +1,16 @@
-//! The queue's table bundle: every table of the queue room opened together inside one
-//! transaction ([`Tables`] for writes, [`ReadTables`] for reads), and the reads both share through
-//! [`ReadableTables`]. This is the only code of the room that names `tables::queue::…`.
+//! The queue's table bundle: every table of the queue room, for one transaction ([`Tables`] for
+//! writes, [`ReadTables`] for reads), and the reads both share through [`ReadableTables`]. This
+//! is the only code of the room that names `tables::queue::…`.
+//!
+//! The queue is the hot path, so a bundle opens each table the first time it is used in its
+//! transaction (at most once): an enqueue or a `get` pays only for the tables it touches.
 
-use redb::{ReadTransaction, ReadableTable, TableError, TableHandle, WriteTransaction};
+use std::cell::OnceCell;
+
+use redb::{
+    Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, Value,
+    WriteTransaction,
+};
 use uuid::Uuid;
 
 use super::model::{Status, Task, TaskV1};
@@ -21,27 +29,29 @@ pub(super) type ReadyKey = (&'static str, u32, i64, u128);
 /// The queue's tables, readable in a read or a write transaction.
 pub(super) trait ReadableTables {
     /// Tasks by id.
-    fn tasks(&self) -> &impl ReadableTable<u128, &'static [u8]>;
+    fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError>;
     /// The ready index.
-    fn ready(&self) -> &impl ReadableTable<ReadyKey, ()>;
+    fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError>;
     /// The delayed index: (due ms, id).
-    fn delayed(&self) -> &impl ReadableTable<(i64, u128), ()>;
+    fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError>;
     /// The leased index: (lease expiry ms, id).
-    fn leased(&self) -> &impl ReadableTable<(i64, u128), ()>;
+    fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError>;
     /// The status index: (status code, id).
-    fn by_status(&self) -> &impl ReadableTable<(u8, u128), ()>;
+    fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError>;
     /// Counts by (status code, type).
-    fn counts(&self) -> &impl ReadableTable<(u8, &'static str), u64>;
+    fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError>;
     /// Idempotency keys: key → (task id, expires ms).
-    fn idempotency_keys(&self) -> &impl ReadableTable<&'static str, (u128, i64)>;
+    fn idempotency_keys(
+        &self,
+    ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError>;
     /// Task log lines: (task id, line number) → line.
-    fn logs(&self) -> &impl ReadableTable<(u128, u32), &'static str>;
+    fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError>;
     /// Reads handler snapshots that old task records hold inline.
     fn handlers(&self) -> &dyn Handlers;
 
     /// One task.
     fn task(&self, id: Uuid) -> Result<Option<Task>, QueueError> {
-        match self.tasks().get(id.as_u128())? {
+        match self.tasks()?.get(id.as_u128())? {
             Some(value) => Ok(Some(decode_task(self.handlers(), id, value.value())?)),
             None => Ok(None),
         }
@@ -55,7 +65,7 @@ pub(super) trait ReadableTables {
         mut visit: impl FnMut(Task) -> bool,
     ) -> Result<Option<u128>, QueueError> {
         let mut last = None;
-        for row in self.tasks().range(..before)?.rev() {
+        for row in self.tasks()?.range(..before)?.rev() {
             let (k, v) = row?;
             let raw = k.value();
             last = Some(raw);
@@ -73,7 +83,7 @@ pub(super) trait ReadableTables {
     /// Ids of tasks in `status`, oldest first.
     fn ids_with_status(&self, status: Status) -> Result<Vec<u128>, QueueError> {
         let ids = self
-            .by_status()
+            .by_status()?
             .range((status.code(), 0)..=(status.code(), u128::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))
             .collect::<Result<_, _>>()?;
@@ -90,7 +100,7 @@ pub(super) trait ReadableTables {
     ) -> Result<Option<u128>, QueueError> {
         let mut last = None;
         for row in self
-            .by_status()
+            .by_status()?
             .range((status.code(), 0)..(status.code(), before))?
             .rev()
         {
@@ -105,7 +115,7 @@ pub(super) trait ReadableTables {
 
     /// The task a live idempotency key names.
     fn idempotent_task(&self, key: &str, now: Millis) -> Result<Option<Task>, QueueError> {
-        let entry = self.idempotency_keys().get(key)?.map(|v| v.value());
+        let entry = self.idempotency_keys()?.get(key)?.map(|v| v.value());
         match entry {
             Some((raw, expires)) if expires > now => self.task(Uuid::from_u128(raw)),
             _ => Ok(None),
@@ -116,7 +126,7 @@ pub(super) trait ReadableTables {
     fn log_lines(&self, id: Uuid, from: u32) -> Result<Vec<(u32, String)>, QueueError> {
         let mut out = Vec::new();
         for row in self
-            .logs()
+            .logs()?
             .range((id.as_u128(), from)..=(id.as_u128(), u32::MAX))?
         {
             let (k, v) = row?;
@@ -129,7 +139,7 @@ pub(super) trait ReadableTables {
     fn next_log_line(&self, id: Uuid) -> Result<u32, QueueError> {
         Ok(
             match self
-                .logs()
+                .logs()?
                 .range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))?
                 .next_back()
             {
@@ -153,136 +163,236 @@ fn decode_task(handlers: &dyn Handlers, id: Uuid, bytes: &[u8]) -> Result<Task, 
     }
 }
 
-/// The queue's tables opened for writing in one transaction.
+/// A table of a write bundle, opened in its transaction when first used.
+struct LazyTable<'tx, K: Key + 'static, V: Value + 'static> {
+    tx: &'tx WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: OnceCell<Table<'tx, K, V>>,
+}
+
+impl<'tx, K: Key + 'static, V: Value + 'static> LazyTable<'tx, K, V> {
+    fn new(tx: &'tx WriteTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        LazyTable {
+            tx,
+            definition,
+            table: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Result<&Table<'tx, K, V>, QueueError> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = self.tx.open_table(self.definition)?;
+        Ok(self.table.get_or_init(|| table))
+    }
+
+    fn get_mut(&mut self) -> Result<&mut Table<'tx, K, V>, QueueError> {
+        if self.table.get().is_none() {
+            self.table = OnceCell::from(self.tx.open_table(self.definition)?);
+        }
+        Ok(self.table.get_mut().expect("the table was opened above"))
+    }
+}
+
+/// A table of a read bundle, opened in its transaction when first used.
+struct LazyReadTable<'tx, K: Key + 'static, V: Value + 'static> {
+    tx: &'tx ReadTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: OnceCell<ReadOnlyTable<K, V>>,
+}
+
+impl<'tx, K: Key + 'static, V: Value + 'static> LazyReadTable<'tx, K, V> {
+    fn new(tx: &'tx ReadTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        LazyReadTable {
+            tx,
+            definition,
+            table: OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> Result<&ReadOnlyTable<K, V>, QueueError> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = self.tx.open_table(self.definition)?;
+        Ok(self.table.get_or_init(|| table))
+    }
+}
+
+/// The queue's tables for writing in one transaction.
 pub(super) struct Tables<'tx> {
-    pub(super) tasks: redb::Table<'tx, u128, &'static [u8]>,
-    pub(super) ready: redb::Table<'tx, ReadyKey, ()>,
-    pub(super) delayed: redb::Table<'tx, (i64, u128), ()>,
-    pub(super) leased: redb::Table<'tx, (i64, u128), ()>,
-    pub(super) by_status: redb::Table<'tx, (u8, u128), ()>,
-    pub(super) counts: redb::Table<'tx, (u8, &'static str), u64>,
-    pub(super) idempotency_keys: redb::Table<'tx, &'static str, (u128, i64)>,
-    pub(super) idempotency_expiry: redb::Table<'tx, (i64, &'static str), ()>,
-    pub(super) logs: redb::Table<'tx, (u128, u32), &'static str>,
+    tasks: LazyTable<'tx, u128, &'static [u8]>,
+    ready: LazyTable<'tx, ReadyKey, ()>,
+    delayed: LazyTable<'tx, (i64, u128), ()>,
+    leased: LazyTable<'tx, (i64, u128), ()>,
+    by_status: LazyTable<'tx, (u8, u128), ()>,
+    counts: LazyTable<'tx, (u8, &'static str), u64>,
+    idempotency_keys: LazyTable<'tx, &'static str, (u128, i64)>,
+    idempotency_expiry: LazyTable<'tx, (i64, &'static str), ()>,
+    logs: LazyTable<'tx, (u128, u32), &'static str>,
     handlers: &'tx dyn Handlers,
 }
 
 impl<'tx> Tables<'tx> {
-    /// Opens every queue table in `tx`.
-    pub(super) fn open(
-        tx: &'tx WriteTransaction,
-        handlers: &'tx dyn Handlers,
-    ) -> Result<Self, TableError> {
-        Ok(Tables {
-            tasks: tx.open_table(TASKS)?,
-            ready: tx.open_table(TASKS_READY)?,
-            delayed: tx.open_table(TASKS_DELAYED)?,
-            leased: tx.open_table(TASKS_LEASED)?,
-            by_status: tx.open_table(TASKS_BY_STATUS)?,
-            counts: tx.open_table(TASK_COUNTS)?,
-            idempotency_keys: tx.open_table(IDEMPOTENCY_KEYS)?,
-            idempotency_expiry: tx.open_table(IDEMPOTENCY_EXPIRY)?,
-            logs: tx.open_table(TASK_LOGS)?,
+    /// The queue tables of `tx`.
+    pub(super) fn open(tx: &'tx WriteTransaction, handlers: &'tx dyn Handlers) -> Self {
+        Tables {
+            tasks: LazyTable::new(tx, TASKS),
+            ready: LazyTable::new(tx, TASKS_READY),
+            delayed: LazyTable::new(tx, TASKS_DELAYED),
+            leased: LazyTable::new(tx, TASKS_LEASED),
+            by_status: LazyTable::new(tx, TASKS_BY_STATUS),
+            counts: LazyTable::new(tx, TASK_COUNTS),
+            idempotency_keys: LazyTable::new(tx, IDEMPOTENCY_KEYS),
+            idempotency_expiry: LazyTable::new(tx, IDEMPOTENCY_EXPIRY),
+            logs: LazyTable::new(tx, TASK_LOGS),
             handlers,
-        })
+        }
     }
 
     /// Stores a task record (its indexes are the caller's).
     pub(super) fn save(&mut self, task: &Task) -> Result<(), QueueError> {
-        self.tasks
+        self.tasks_mut()?
             .insert(task.id.as_u128(), codec::encode(task).as_slice())?;
         Ok(())
+    }
+
+    /// Tasks by id, for writing.
+    pub(super) fn tasks_mut(&mut self) -> Result<&mut Table<'tx, u128, &'static [u8]>, QueueError> {
+        self.tasks.get_mut()
+    }
+    /// The ready index, for writing.
+    pub(super) fn ready_mut(&mut self) -> Result<&mut Table<'tx, ReadyKey, ()>, QueueError> {
+        self.ready.get_mut()
+    }
+    /// The delayed index, for writing.
+    pub(super) fn delayed_mut(&mut self) -> Result<&mut Table<'tx, (i64, u128), ()>, QueueError> {
+        self.delayed.get_mut()
+    }
+    /// The leased index, for writing.
+    pub(super) fn leased_mut(&mut self) -> Result<&mut Table<'tx, (i64, u128), ()>, QueueError> {
+        self.leased.get_mut()
+    }
+    /// The status index, for writing.
+    pub(super) fn by_status_mut(&mut self) -> Result<&mut Table<'tx, (u8, u128), ()>, QueueError> {
+        self.by_status.get_mut()
+    }
+    /// The counts, for writing.
+    pub(super) fn counts_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, (u8, &'static str), u64>, QueueError> {
+        self.counts.get_mut()
+    }
+    /// Idempotency keys, for writing.
+    pub(super) fn idempotency_keys_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, &'static str, (u128, i64)>, QueueError> {
+        self.idempotency_keys.get_mut()
+    }
+    /// Idempotency keys by expiry, for writing.
+    pub(super) fn idempotency_expiry_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, (i64, &'static str), ()>, QueueError> {
+        self.idempotency_expiry.get_mut()
+    }
+    /// Task log lines, for writing.
+    pub(super) fn logs_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, (u128, u32), &'static str>, QueueError> {
+        self.logs.get_mut()
     }
 }
 
 impl ReadableTables for Tables<'_> {
-    fn tasks(&self) -> &impl ReadableTable<u128, &'static [u8]> {
-        &self.tasks
+    fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError> {
+        self.tasks.get()
     }
-    fn ready(&self) -> &impl ReadableTable<ReadyKey, ()> {
-        &self.ready
+    fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError> {
+        self.ready.get()
     }
-    fn delayed(&self) -> &impl ReadableTable<(i64, u128), ()> {
-        &self.delayed
+    fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+        self.delayed.get()
     }
-    fn leased(&self) -> &impl ReadableTable<(i64, u128), ()> {
-        &self.leased
+    fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+        self.leased.get()
     }
-    fn by_status(&self) -> &impl ReadableTable<(u8, u128), ()> {
-        &self.by_status
+    fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError> {
+        self.by_status.get()
     }
-    fn counts(&self) -> &impl ReadableTable<(u8, &'static str), u64> {
-        &self.counts
+    fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError> {
+        self.counts.get()
     }
-    fn idempotency_keys(&self) -> &impl ReadableTable<&'static str, (u128, i64)> {
-        &self.idempotency_keys
+    fn idempotency_keys(
+        &self,
+    ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError> {
+        self.idempotency_keys.get()
     }
-    fn logs(&self) -> &impl ReadableTable<(u128, u32), &'static str> {
-        &self.logs
+    fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
+        self.logs.get()
     }
     fn handlers(&self) -> &dyn Handlers {
         self.handlers
     }
 }
 
-/// The queue's tables opened for reading in one transaction (the idempotency expiry index is
-/// only ever read by the purge, which writes).
-pub(super) struct ReadTables<'h> {
-    tasks: redb::ReadOnlyTable<u128, &'static [u8]>,
-    ready: redb::ReadOnlyTable<ReadyKey, ()>,
-    delayed: redb::ReadOnlyTable<(i64, u128), ()>,
-    leased: redb::ReadOnlyTable<(i64, u128), ()>,
-    by_status: redb::ReadOnlyTable<(u8, u128), ()>,
-    counts: redb::ReadOnlyTable<(u8, &'static str), u64>,
-    idempotency_keys: redb::ReadOnlyTable<&'static str, (u128, i64)>,
-    logs: redb::ReadOnlyTable<(u128, u32), &'static str>,
-    handlers: &'h dyn Handlers,
+/// The queue's tables for reading in one transaction (the idempotency expiry index is only ever
+/// read by the purge, which writes).
+pub(super) struct ReadTables<'tx> {
+    tasks: LazyReadTable<'tx, u128, &'static [u8]>,
+    ready: LazyReadTable<'tx, ReadyKey, ()>,
+    delayed: LazyReadTable<'tx, (i64, u128), ()>,
+    leased: LazyReadTable<'tx, (i64, u128), ()>,
+    by_status: LazyReadTable<'tx, (u8, u128), ()>,
+    counts: LazyReadTable<'tx, (u8, &'static str), u64>,
+    idempotency_keys: LazyReadTable<'tx, &'static str, (u128, i64)>,
+    logs: LazyReadTable<'tx, (u128, u32), &'static str>,
+    handlers: &'tx dyn Handlers,
 }
 
-impl<'h> ReadTables<'h> {
-    /// Opens every queue table in `tx`.
-    pub(super) fn open(
-        tx: &ReadTransaction,
-        handlers: &'h dyn Handlers,
-    ) -> Result<Self, TableError> {
-        Ok(ReadTables {
-            tasks: tx.open_table(TASKS)?,
-            ready: tx.open_table(TASKS_READY)?,
-            delayed: tx.open_table(TASKS_DELAYED)?,
-            leased: tx.open_table(TASKS_LEASED)?,
-            by_status: tx.open_table(TASKS_BY_STATUS)?,
-            counts: tx.open_table(TASK_COUNTS)?,
-            idempotency_keys: tx.open_table(IDEMPOTENCY_KEYS)?,
-            logs: tx.open_table(TASK_LOGS)?,
+impl<'tx> ReadTables<'tx> {
+    /// The queue tables of `tx`.
+    pub(super) fn open(tx: &'tx ReadTransaction, handlers: &'tx dyn Handlers) -> Self {
+        ReadTables {
+            tasks: LazyReadTable::new(tx, TASKS),
+            ready: LazyReadTable::new(tx, TASKS_READY),
+            delayed: LazyReadTable::new(tx, TASKS_DELAYED),
+            leased: LazyReadTable::new(tx, TASKS_LEASED),
+            by_status: LazyReadTable::new(tx, TASKS_BY_STATUS),
+            counts: LazyReadTable::new(tx, TASK_COUNTS),
+            idempotency_keys: LazyReadTable::new(tx, IDEMPOTENCY_KEYS),
+            logs: LazyReadTable::new(tx, TASK_LOGS),
             handlers,
-        })
+        }
     }
 }
 
 impl ReadableTables for ReadTables<'_> {
-    fn tasks(&self) -> &impl ReadableTable<u128, &'static [u8]> {
-        &self.tasks
+    fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError> {
+        self.tasks.get()
     }
-    fn ready(&self) -> &impl ReadableTable<ReadyKey, ()> {
-        &self.ready
+    fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError> {
+        self.ready.get()
     }
-    fn delayed(&self) -> &impl ReadableTable<(i64, u128), ()> {
-        &self.delayed
+    fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+        self.delayed.get()
     }
-    fn leased(&self) -> &impl ReadableTable<(i64, u128), ()> {
-        &self.leased
+    fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+        self.leased.get()
     }
-    fn by_status(&self) -> &impl ReadableTable<(u8, u128), ()> {
-        &self.by_status
+    fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError> {
+        self.by_status.get()
     }
-    fn counts(&self) -> &impl ReadableTable<(u8, &'static str), u64> {
-        &self.counts
+    fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError> {
+        self.counts.get()
     }
-    fn idempotency_keys(&self) -> &impl ReadableTable<&'static str, (u128, i64)> {
-        &self.idempotency_keys
+    fn idempotency_keys(
+        &self,
+    ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError> {
+        self.idempotency_keys.get()
     }
-    fn logs(&self) -> &impl ReadableTable<(u128, u32), &'static str> {
-        &self.logs
+    fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
+        self.logs.get()
     }
     fn handlers(&self) -> &dyn Handlers {
         self.handlers

@@ -212,6 +212,19 @@ async fn leasing_interleaves_types_by_priority() {
 }
 
 #[test]
+fn snapshots_are_stored_as_a_byte_string() {
+    let bytes = vec![1u8, 0, 200, 7, 255];
+    let snapshot = Snapshot::from_bytes(bytes.clone());
+    let encoded = postcard::to_allocvec(&snapshot).unwrap();
+    assert_eq!(encoded, postcard::to_allocvec(&bytes).unwrap());
+    assert_eq!(encoded, [5, 1, 0, 200, 7, 255]);
+    assert_eq!(
+        postcard::from_bytes::<Snapshot>(&encoded).unwrap(),
+        snapshot
+    );
+}
+
+#[test]
 fn status_codes_round_trip() {
     for s in Status::ALL {
         assert_eq!(Status::from_code(s.code()), Some(s));
