@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, Audit, Event};
 
+pub mod model;
 pub mod sessions;
 pub mod tables;
 

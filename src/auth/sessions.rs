@@ -7,48 +7,17 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+pub use super::model::{IDLE_TIMEOUT_MS, MAX_AGE_MS, SessionRecord};
 use super::tables::{AuthRead, AuthWrite};
-use super::{Auth, AuthError, Principal, Role};
+use super::{Auth, AuthError, Principal};
 use crate::audit::Event;
 use crate::clock::Millis;
 use crate::fsutil;
 use crate::store::StoreError;
-use crate::store::codec::Record;
 
-/// A session ends after this long without a request.
-pub const IDLE_TIMEOUT_MS: i64 = 60 * 60 * 1000;
-/// A session ends this long after sign-in, whatever happens.
-pub const MAX_AGE_MS: i64 = 12 * 60 * 60 * 1000;
 /// `last_seen_at` is written at most this often.
 const TOUCH_EVERY_MS: i64 = 60 * 1000;
-
-/// A stored session (the token itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionRecord {
-    /// The API key that signed in.
-    pub key_id: Uuid,
-    /// Its role at sign-in.
-    pub role: Role,
-    /// Sign-in time (epoch ms).
-    pub created_at: Millis,
-    /// Last request, as of the last write (epoch ms).
-    pub last_seen_at: Millis,
-}
-
-impl Record for SessionRecord {
-    const VERSION: u8 = 1;
-}
-
-impl SessionRecord {
-    /// Whether the session has ended by time at `now`.
-    pub fn expired(&self, now: Millis) -> bool {
-        now >= self.created_at.saturating_add(MAX_AGE_MS)
-            || now >= self.last_seen_at.saturating_add(IDLE_TIMEOUT_MS)
-    }
-}
 
 /// The store key of a session token: its blake3 hash.
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -154,28 +123,5 @@ impl Auth {
                 Ok(())
             })
             .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_end_when_idle_or_old() {
-        let s = SessionRecord {
-            key_id: Uuid::nil(),
-            role: Role::Viewer,
-            created_at: 0,
-            last_seen_at: 0,
-        };
-        assert!(!s.expired(IDLE_TIMEOUT_MS - 1));
-        assert!(s.expired(IDLE_TIMEOUT_MS));
-        let busy = SessionRecord {
-            last_seen_at: MAX_AGE_MS - 1,
-            ..s
-        };
-        assert!(!busy.expired(MAX_AGE_MS - 1));
-        assert!(busy.expired(MAX_AGE_MS));
     }
 }

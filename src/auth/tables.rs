@@ -5,7 +5,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableHandle, Wr
 use uuid::Uuid;
 
 use super::KeyRecord;
-use super::sessions::SessionRecord;
+use super::model::SessionRecord;
 use crate::store::StoreError;
 use crate::store::codec;
 use crate::store::tables::auth::{ADMIN_SESSIONS, API_KEYS};

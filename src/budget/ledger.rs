@@ -2,13 +2,11 @@
 //! (provider, day) rows of tokens, requests and spend, read back when a day is first needed and
 //! added to when a call settles.
 
-use serde::{Deserialize, Serialize};
-
+use super::model::Spend;
 use super::tables::{ReadTables, ReadableTables, Tables};
 use super::{Budgets, DAY_MS, DayState};
 use crate::clock::{Millis, to_datetime};
 use crate::store::StoreError;
-use crate::store::codec::Record;
 
 /// The UTC day (days since the Unix epoch) of a time.
 pub fn day_of(ms: Millis) -> i64 {
@@ -49,34 +47,6 @@ pub fn estimate_prompt_tokens(messages: &[serde_json::Value]) -> u64 {
         .iter()
         .map(|m| 4 + serde_json::to_string(m).map_or(0, |s| s.len() as u64))
         .sum::<u64>()
-}
-
-/// Spend of one provider on one UTC day, as stored in the ledger.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerDay {
-    /// Prompt tokens the provider reported.
-    pub tokens_in: u64,
-    /// Completion tokens the provider reported.
-    pub tokens_out: u64,
-    /// Calls made (successful or not).
-    pub requests: u64,
-    /// Cost in micro-USD.
-    pub usd_micros: u64,
-}
-
-impl Record for LedgerDay {
-    const VERSION: u8 = 1;
-}
-
-/// What one settled call used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Spend {
-    /// Prompt tokens reported.
-    pub tokens_in: u64,
-    /// Completion tokens reported.
-    pub tokens_out: u64,
-    /// Cost in micro-USD.
-    pub usd_micros: u64,
 }
 
 impl Budgets {

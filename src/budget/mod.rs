@@ -19,6 +19,7 @@
 
 mod gauges;
 mod ledger;
+mod model;
 mod reservations;
 mod tables;
 
@@ -37,9 +38,9 @@ use tables::{ReadTables, ReadableTables, Tables};
 
 pub use gauges::BudgetGauges;
 pub use ledger::{
-    LedgerDay, Spend, cost_micros, day_label, day_of, day_start_ms, estimate_prompt_tokens,
-    micros_to_usd,
+    cost_micros, day_label, day_of, day_start_ms, estimate_prompt_tokens, micros_to_usd,
 };
+pub use model::{LedgerDay, Spend};
 pub use reservations::{IN_FLIGHT_WAIT_MS, Refusal, Reservation};
 
 /// Milliseconds in a day.

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::Budgets;
-use super::ledger::{Spend, day_label, day_of, day_start_ms, micros_to_usd};
+use super::ledger::{day_label, day_of, day_start_ms, micros_to_usd};
+use super::model::Spend;
 use crate::clock::Millis;
 use crate::store::StoreError;
 

@@ -6,7 +6,7 @@
 use redb::{ReadTransaction, ReadableTable, TableError, TableHandle, WriteTransaction};
 
 use super::BudgetOverride;
-use super::ledger::{LedgerDay, Spend};
+use super::model::{LedgerDay, Spend};
 use crate::store::StoreError;
 use crate::store::codec;
 use crate::store::tables::budget::{LLM_BUDGETS, LLM_LEDGER};

@@ -8,8 +8,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::model::CircuitRecord;
 use super::tables::{ReadTables, ReadableTables, Tables};
 use crate::audit::{Audit, Event as AuditEvent};
 use crate::clock::{Millis, SharedClock};
@@ -17,25 +18,7 @@ use crate::config::CircuitConfig;
 use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::queue::Outcome;
-use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
-
-/// Persisted state of one circuit breaker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CircuitRecord {
-    /// `closed`, `open` or `half_open`.
-    pub state: String,
-    /// When it last opened.
-    pub opened_at: Option<Millis>,
-    /// When an open circuit lets a trial through.
-    pub open_until: Option<Millis>,
-    /// Failure ratio that opened it.
-    pub failure_ratio: f64,
-}
-
-impl Record for CircuitRecord {
-    const VERSION: u8 = 1;
-}
 
 /// How long other tasks of a half-open target wait while its trial runs.
 const TRIAL_WAIT_MS: i64 = 1_000;

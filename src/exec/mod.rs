@@ -10,6 +10,7 @@ pub mod circuit;
 pub mod command;
 pub mod http;
 pub mod llm;
+pub mod model;
 pub mod snapshot;
 mod tables;
 pub mod workflow;

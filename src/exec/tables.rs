@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use redb::{ReadTransaction, ReadableTable, TableError, TableHandle, WriteTransaction};
 use uuid::Uuid;
 
-use super::circuit::CircuitRecord;
-use super::workflow::StepCheckpoint;
+use super::model::{CircuitRecord, StepCheckpoint};
 use crate::store::StoreError;
 use crate::store::codec;
 use crate::store::tables::exec::{CIRCUITS, WORKFLOW_STEPS};

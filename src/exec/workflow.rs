@@ -36,16 +36,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redb::WriteTransaction;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+pub use super::model::StepCheckpoint;
 use super::snapshot::{HandlerSnapshot, WorkflowStep};
 use super::tables::{ReadTables, ReadableTables, Tables};
-use crate::clock::{Millis, SharedClock};
+use crate::clock::SharedClock;
 use crate::queue::{Outcome, Queue, Task, TaskRemoval};
-use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
 use crate::template::{Piece, pieces};
 pub use crate::template::{Placeholder, template_placeholders};
@@ -141,23 +140,6 @@ pub fn render(
         ),
         other => other.clone(),
     })
-}
-
-/// A finished step's result, as checkpointed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepCheckpoint {
-    /// Step name.
-    pub name: String,
-    /// Its result.
-    pub result: Option<String>,
-    /// When it finished.
-    pub finished_at: Millis,
-    /// The workflow task's attempt that ran it.
-    pub attempt: u32,
-}
-
-impl Record for StepCheckpoint {
-    const VERSION: u8 = 1;
 }
 
 /// The checkpointed steps of a workflow task, by step index.

@@ -22,6 +22,7 @@
 //! Code map: [`verification`] (schemes, reasons), [`replay`] (seen delivery ids and their pruning),
 //! [`rejections`], [`tables`] (the table bundle); receiving is here.
 
+mod model;
 mod rejections;
 mod replay;
 mod tables;
@@ -38,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::queue::{NewTask, Queue, QueueError};
 use crate::store::{Store, StoreError};
 
-pub use rejections::RejectionRecord;
+pub use model::RejectionRecord;
 pub use replay::InboxPrune;
 pub use verification::{
     DEFAULT_DELIVERY_ID_HEADERS, Delivery, MAX_DELIVERY_ID, Reason, Rejection, valid_delivery_id,

@@ -1,36 +1,13 @@
 //! Refused deliveries: recorded (source, time, reason, peer address, delivery id; never the body
 //! or a secret) and counted, in a table bounded to `inbox.max_rejections` rows.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::Inbox;
+use super::model::RejectionRecord;
 use super::tables::{ReadTables, ReadableTables, Tables};
 use super::verification::Rejection;
-use crate::clock::Millis;
 use crate::store::StoreError;
-use crate::store::codec::Record;
-
-/// A rejected delivery as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RejectionRecord {
-    /// When (epoch ms, keel's clock).
-    pub at: Millis,
-    /// The source named in the URL.
-    pub source: String,
-    /// [`Reason::code`](super::Reason::code).
-    pub reason: String,
-    /// What was wrong.
-    pub message: String,
-    /// The peer's address.
-    pub remote_addr: Option<String>,
-    /// The delivery id, when the request carried a usable one.
-    pub delivery_id: Option<String>,
-}
-
-impl Record for RejectionRecord {
-    const VERSION: u8 = 1;
-}
 
 impl Inbox {
     /// Records and counts a refused delivery to a configured source. A failure to record is

@@ -9,7 +9,7 @@ use redb::{
 };
 use uuid::Uuid;
 
-use super::rejections::RejectionRecord;
+use super::model::RejectionRecord;
 use crate::clock::Millis;
 use crate::store::StoreError;
 use crate::store::codec;

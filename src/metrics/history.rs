@@ -5,29 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redb::{ReadTransaction, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
+pub use super::snapshot::StoredInterval;
 use super::tables::{MetricsRead, MetricsWrite};
 use super::{IntervalSnapshot, Metrics};
 use crate::clock::{Millis, SharedClock};
-use crate::store::codec::Record;
 use crate::store::{Store, StoreError};
 use crate::supervisor::{StepFuture, Worker};
-
-/// One stored interval of one series.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredInterval {
-    /// Interval start (epoch ms).
-    pub start_ms: Millis,
-    /// Interval end (epoch ms).
-    pub end_ms: Millis,
-    /// The series' values over the interval.
-    pub snapshot: IntervalSnapshot,
-}
-
-impl Record for StoredInterval {
-    const VERSION: u8 = 1;
-}
 
 /// Stores `snapshots` for the interval `[start_ms, end_ms)`.
 pub fn persist(

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use hdrhistogram::serialization::Deserializer;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Millis;
+use crate::store::codec::Record;
+
 use super::{Hdr, MAX_COUNT, MAX_MICROS, SIGFIG, SUMMARY_QUANTILES, Unit, write_labels};
 
 /// An auto-resizing histogram: its counts array grows only as far as the largest value recorded.
@@ -215,4 +218,19 @@ pub fn merge_snapshots_by_series(snaps: &[IntervalSnapshot]) -> BTreeMap<String,
         .into_iter()
         .filter_map(|(key, group)| merge_snapshots(&group).map(|s| (key, s)))
         .collect()
+}
+
+/// One stored interval of one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredInterval {
+    /// Interval start (epoch ms).
+    pub start_ms: Millis,
+    /// Interval end (epoch ms).
+    pub end_ms: Millis,
+    /// The series' values over the interval.
+    pub snapshot: IntervalSnapshot,
+}
+
+impl Record for StoredInterval {
+    const VERSION: u8 = 1;
 }

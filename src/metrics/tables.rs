@@ -3,7 +3,7 @@
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableHandle, WriteTransaction};
 
-use super::history::StoredInterval;
+use super::snapshot::StoredInterval;
 use crate::clock::Millis;
 use crate::store::StoreError;
 use crate::store::codec;

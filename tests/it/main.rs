@@ -19,6 +19,7 @@ mod records;
 mod roles;
 mod support;
 mod tamper;
+mod tidy;
 mod workflow;
 
 /// The harness starts, serves and stops; the first start writes an admin key that works.
