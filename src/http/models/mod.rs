@@ -3,6 +3,7 @@
 //! built from a room's own type here, so rooms never know their wire shape.
 
 pub mod admin;
+pub mod advice;
 pub mod audit;
 pub mod budgets;
 pub mod cycles;
