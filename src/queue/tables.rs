@@ -304,37 +304,45 @@ impl<'tx> Tables<'tx> {
     }
 }
 
-impl ReadableTables for Tables<'_> {
-    fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError> {
-        self.tasks.get()
-    }
-    fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError> {
-        self.ready.get()
-    }
-    fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
-        self.delayed.get()
-    }
-    fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
-        self.leased.get()
-    }
-    fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError> {
-        self.by_status.get()
-    }
-    fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError> {
-        self.counts.get()
-    }
-    fn idempotency_keys(
-        &self,
-    ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError> {
-        self.idempotency_keys.get()
-    }
-    fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
-        self.logs.get()
-    }
-    fn handlers(&self) -> &dyn Handlers {
-        self.handlers
-    }
+/// Implements [`ReadableTables`] for a bundle whose lazily opened tables have the trait's names
+/// (the write and the read bundle share it).
+macro_rules! readable_tables {
+    ($bundle:ty) => {
+        impl ReadableTables for $bundle {
+            fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError> {
+                self.tasks.get()
+            }
+            fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError> {
+                self.ready.get()
+            }
+            fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+                self.delayed.get()
+            }
+            fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
+                self.leased.get()
+            }
+            fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError> {
+                self.by_status.get()
+            }
+            fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError> {
+                self.counts.get()
+            }
+            fn idempotency_keys(
+                &self,
+            ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError> {
+                self.idempotency_keys.get()
+            }
+            fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
+                self.logs.get()
+            }
+            fn handlers(&self) -> &dyn Handlers {
+                self.handlers
+            }
+        }
+    };
 }
+
+readable_tables!(Tables<'_>);
 
 /// The queue's tables for reading in one transaction (the idempotency expiry index is only ever
 /// read by the purge, which writes).
@@ -367,34 +375,4 @@ impl<'tx> ReadTables<'tx> {
     }
 }
 
-impl ReadableTables for ReadTables<'_> {
-    fn tasks(&self) -> Result<&impl ReadableTable<u128, &'static [u8]>, QueueError> {
-        self.tasks.get()
-    }
-    fn ready(&self) -> Result<&impl ReadableTable<ReadyKey, ()>, QueueError> {
-        self.ready.get()
-    }
-    fn delayed(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
-        self.delayed.get()
-    }
-    fn leased(&self) -> Result<&impl ReadableTable<(i64, u128), ()>, QueueError> {
-        self.leased.get()
-    }
-    fn by_status(&self) -> Result<&impl ReadableTable<(u8, u128), ()>, QueueError> {
-        self.by_status.get()
-    }
-    fn counts(&self) -> Result<&impl ReadableTable<(u8, &'static str), u64>, QueueError> {
-        self.counts.get()
-    }
-    fn idempotency_keys(
-        &self,
-    ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError> {
-        self.idempotency_keys.get()
-    }
-    fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
-        self.logs.get()
-    }
-    fn handlers(&self) -> &dyn Handlers {
-        self.handlers
-    }
-}
+readable_tables!(ReadTables<'_>);
