@@ -471,9 +471,33 @@ fn the_dashboard_works_in_headless_chromium() {
         overflow.as_i64().unwrap_or(99) <= 1,
         "the overview scrolls sideways on a phone: {overflow}"
     );
+    // Every chart fits its box, so the newest data (at the right) is on screen.
+    let clipped = b.script(
+        "return Array.from(document.querySelectorAll('.chartbox')).filter(function (box) {
+           var svg = box.querySelector('svg');
+           return svg && svg.getBoundingClientRect().right > box.getBoundingClientRect().right + 1;
+         }).length",
+        json!([]),
+    );
+    assert_eq!(clipped, json!(0), "charts wider than their box on a phone");
     b.shot("13-overview-phone");
-    b.goto(&format!("{}/admin/dlq", app.base));
-    b.shot("14-dead-letters-phone");
+    for (path, name) in [
+        ("/admin/dlq".to_string(), "14-dead-letters-phone"),
+        (format!("/admin/tasks/{dead}"), "14-task-phone"),
+        ("/admin/tasks".to_string(), "14-tasks-phone"),
+        ("/admin/keys".to_string(), "14-keys-phone"),
+    ] {
+        b.goto(&format!("{}{path}", app.base));
+        let overflow = b.script(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            json!([]),
+        );
+        assert!(
+            overflow.as_i64().unwrap_or(99) <= 1,
+            "{path} scrolls sideways on a phone: {overflow}"
+        );
+        b.shot(name);
+    }
     b.size(1280, 900);
 
     // One write end to end: the drain's dry run, then the drain; then the audit page shows it.

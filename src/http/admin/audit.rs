@@ -127,11 +127,7 @@ async fn audit_page(
                 actor: e.actor.clone(),
                 action: e.action.clone(),
                 target: e.target.clone(),
-                detail: if e.detail == "null" {
-                    String::new()
-                } else {
-                    e.detail.clone()
-                },
+                detail: readable_detail(&e.detail),
                 hash: hex(&e.hash)[..16].to_string(),
             })
             .collect(),
@@ -148,6 +144,35 @@ async fn audit_page(
         newer: (before <= head.seq).then(|| (before + PAGE).min(head.seq + 1)),
         verified,
     })
+}
+
+/// An entry's detail as shown: empty for none, and every `…_at` moment (milliseconds since the
+/// epoch in the chain) written as a time, at any depth.
+fn readable_detail(detail: &str) -> String {
+    fn times(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v.as_i64() {
+                        Some(ms) if key.ends_with("_at") => {
+                            *v = serde_json::Value::String(time(ms));
+                        }
+                        _ => times(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(times),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(detail) {
+        Ok(serde_json::Value::Null) => String::new(),
+        Ok(mut value) => {
+            times(&mut value);
+            value.to_string()
+        }
+        Err(_) => detail.to_string(),
+    }
 }
 
 /// `GET /admin/audit`.
@@ -169,4 +194,21 @@ pub async fn verify(State(app): State<AppState>, ctx: Ctx) -> Result<AuditPage, 
         summary: report.to_string(),
     };
     audit_page(&app, &ctx, AuditQuery::default(), Some(verified)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_detail;
+
+    #[test]
+    fn details_show_moments_as_times() {
+        assert_eq!(readable_detail("null"), "");
+        assert_eq!(
+            readable_detail(
+                r#"{"name":"ci","expires_at":1767225600000,"old":{"rotated_at":1767225600000},"n":3}"#
+            ),
+            r#"{"expires_at":"2026-01-01 00:00:00Z","n":3,"name":"ci","old":{"rotated_at":"2026-01-01 00:00:00Z"}}"#
+        );
+        assert_eq!(readable_detail("not json"), "not json");
+    }
 }

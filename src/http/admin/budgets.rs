@@ -8,7 +8,7 @@ use axum::response::Redirect;
 use serde::Deserialize;
 
 use super::charts::{Bar, bar_chart};
-use super::{AdminError, Ctx, Layout, PageForm, PagePath, count};
+use super::{AdminError, Ctx, Layout, PageForm, PagePath, count, usd};
 use crate::budget::{BudgetChange, BudgetSource, ProviderBudget, day_label};
 use crate::config::usd_to_micros;
 use crate::http::AppState;
@@ -17,10 +17,6 @@ use crate::http::AppState;
 const DAYS: u32 = 7;
 /// Largest budget accepted, in USD (as the API).
 const MAX_BUDGET_USD: f64 = 1e6;
-
-fn usd(micros: u64) -> String {
-    format!("${:.2}", micros as f64 / 1e6)
-}
 
 /// One day of a provider's ledger.
 pub struct DayRow {

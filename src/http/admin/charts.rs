@@ -372,21 +372,68 @@ fn x_label(ms: Millis, span_ms: i64) -> String {
     }
 }
 
-/// An SVG line chart over `[from, to]` with a y axis formatted by `fmt`. `title` names it for
-/// screen readers; the legend is HTML beside it (see the templates).
+/// A round step for an axis of whole numbers: 1, 2 or 5 times a power of ten, at least 1.
+fn whole_step(step: f64) -> f64 {
+    if step <= 1.0 || !step.is_finite() {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(step.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|v| *v >= step)
+        .unwrap_or(10.0 * magnitude)
+}
+
+/// The y axis of a line chart: what its values are, which sets their labels and its scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Microseconds, labelled in milliseconds.
+    Duration,
+    /// A rate per minute.
+    Rate,
+    /// Whole numbers: every grid line falls on an integer, so no label repeats.
+    Count,
+}
+
+/// Grid lines above the baseline.
+const Y_STEPS: u32 = 4;
+
+impl Axis {
+    fn label(self, v: f64) -> String {
+        match self {
+            Axis::Duration => fmt_ms(v),
+            Axis::Rate => fmt_rate(v),
+            Axis::Count => format!("{v:.0}"),
+        }
+    }
+
+    /// The top of the axis for a largest value of `max`.
+    fn top(self, max: f64) -> f64 {
+        match self {
+            Axis::Count => whole_step(max / f64::from(Y_STEPS)) * f64::from(Y_STEPS),
+            Axis::Duration | Axis::Rate => nice_max(max),
+        }
+    }
+}
+
+/// An SVG line chart over `[from, to]` with a y axis of `axis`. `title` names it for screen
+/// readers; the legend is HTML beside it (see the templates). When `collecting_since` falls
+/// inside the window, the part before it is shaded and labelled: nothing was recorded then.
 pub fn line_chart(
     title: &str,
     from: Millis,
     to: Millis,
     lines: &[Line],
-    fmt: fn(f64) -> String,
+    axis: Axis,
+    collecting_since: Option<Millis>,
 ) -> String {
     let span = (to - from).max(1) as f64;
     let max = lines
         .iter()
         .flat_map(|l| l.points.iter().filter_map(|(_, v)| *v))
         .fold(0.0f64, f64::max);
-    let top = nice_max(max);
+    let top = axis.top(max);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
     let x = |t: Millis| LEFT + ((t - from) as f64 / span).clamp(0.0, 1.0) * plot_w;
@@ -402,8 +449,19 @@ pub fn line_chart(
         esc(title),
         esc(title)
     );
-    for i in 0..=4 {
-        let v = top * f64::from(i) / 4.0;
+    if let Some(since) = collecting_since.filter(|s| *s > from && *s < to) {
+        let edge = x(since);
+        let _ = write!(
+            svg,
+            r#"<rect class="nodata" x="{LEFT}" y="{TOP}" width="{:.1}" height="{plot_h:.1}"/><text class="axis" x="{:.1}" y="{:.1}" text-anchor="end">collecting since {}</text>"#,
+            edge - LEFT,
+            (edge - 4.0).max(LEFT + 120.0),
+            TOP + 14.0,
+            esc(&x_label(since, to - from))
+        );
+    }
+    for i in 0..=Y_STEPS {
+        let v = top * f64::from(i) / f64::from(Y_STEPS);
         let yy = y(v);
         let _ = write!(
             svg,
@@ -417,7 +475,7 @@ pub fn line_chart(
                 r#"<text class="axis" x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
                 LEFT - 6.0,
                 yy + 4.0,
-                esc(&fmt(v))
+                esc(&axis.label(v))
             );
         }
     }
@@ -631,23 +689,35 @@ pub fn level_lines(buckets: &[Bucket]) -> Vec<Line> {
     ]
 }
 
-/// A count, for chart axes.
-pub fn fmt_count(v: f64) -> String {
-    format!("{v:.0}")
-}
-
-/// Values recorded per minute in each bucket.
-pub fn rate_points(buckets: &[Bucket], bucket_ms: i64) -> Vec<(Millis, Option<f64>)> {
+/// Values recorded per minute in each bucket; buckets that ended before `collecting_since`
+/// have no value (nothing was recorded then, which is not a rate of zero).
+pub fn rate_points(
+    buckets: &[Bucket],
+    bucket_ms: i64,
+    collecting_since: Option<Millis>,
+) -> Vec<(Millis, Option<f64>)> {
     let minutes = bucket_ms as f64 / 60_000.0;
     buckets
         .iter()
         .map(|b| {
+            let before = collecting_since.is_some_and(|since| b.start + bucket_ms <= since);
             (
                 b.start,
-                Some(b.stats.as_ref().map_or(0.0, |s| s.count as f64 / minutes)),
+                (!before).then(|| b.stats.as_ref().map_or(0.0, |s| s.count as f64 / minutes)),
             )
         })
         .collect()
+}
+
+/// When the first bucket of `series` with a value starts, if any has one: the queue-depth
+/// series is sampled at every snapshot interval, so its first value marks where recording
+/// began within a window.
+pub fn first_recorded(series: &Series) -> Option<Millis> {
+    series
+        .buckets
+        .iter()
+        .find(|b| b.stats.is_some())
+        .map(|b| b.start)
 }
 
 #[cfg(test)]
@@ -701,7 +771,8 @@ mod tests {
                     (240_000, None),
                 ],
             }],
-            fmt_ms,
+            Axis::Duration,
+            None,
         );
         assert!(svg.contains("a &lt;b&gt; &amp; c"));
         assert_eq!(
@@ -715,8 +786,62 @@ mod tests {
             "the lone point is marked"
         );
         assert!(!svg.contains("style="), "no inline styles under the CSP");
-        let empty = line_chart("none", 0, 1, &[], fmt_ms);
+        let empty = line_chart("none", 0, 1, &[], Axis::Duration, None);
         assert!(empty.contains("No data"));
+    }
+
+    fn y_labels(svg: &str) -> Vec<String> {
+        svg.split(r#"text-anchor="end">"#)
+            .skip(1)
+            .map(|rest| rest.split('<').next().unwrap_or_default().to_string())
+            .filter(|l| !l.contains(':') && !l.starts_with("collecting"))
+            .collect()
+    }
+
+    #[test]
+    fn count_axes_label_each_grid_line_with_a_distinct_whole_number() {
+        for max in [1.0, 2.0, 3.0, 7.0, 13.0, 180.0] {
+            let svg = line_chart(
+                "depth",
+                0,
+                300_000,
+                &[Line {
+                    label: "median",
+                    class: "s1",
+                    points: vec![(0, Some(0.0)), (60_000, Some(max))],
+                }],
+                Axis::Count,
+                None,
+            );
+            let labels = y_labels(&svg);
+            assert_eq!(labels.len(), 5, "{svg}");
+            let values: Vec<f64> = labels.iter().map(|l| l.parse().unwrap()).collect();
+            assert!(values.windows(2).all(|w| w[1] > w[0]), "{max}: {labels:?}");
+            assert!(values.iter().all(|v| v.fract() == 0.0), "{max}: {labels:?}");
+            assert!(*values.last().unwrap() >= max, "{max}: {labels:?}");
+        }
+    }
+
+    #[test]
+    fn a_window_that_starts_before_recording_says_so() {
+        let points = vec![(120_000, Some(3.0)), (180_000, Some(4.0))];
+        let line = || Line {
+            label: "median",
+            class: "s1",
+            points: points.clone(),
+        };
+        let svg = line_chart("d", 0, 300_000, &[line()], Axis::Count, Some(120_000));
+        assert!(svg.contains(r#"class="nodata""#), "{svg}");
+        assert!(svg.contains("collecting since"), "{svg}");
+        let full = line_chart("d", 0, 300_000, &[line()], Axis::Count, Some(0));
+        assert!(!full.contains("collecting since"), "{full}");
+        let buckets = [0, 60_000, 120_000]
+            .map(|start| Bucket { start, stats: None })
+            .to_vec();
+        let rates = rate_points(&buckets, 60_000, Some(120_000));
+        assert_eq!(rates[0].1, None);
+        assert_eq!(rates[1].1, None);
+        assert_eq!(rates[2].1, Some(0.0));
     }
 
     #[test]

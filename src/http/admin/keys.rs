@@ -30,7 +30,7 @@ pub struct KeyRow {
     pub expires: String,
     /// Last use, relative.
     pub last_used: String,
-    /// Predecessor by rotation.
+    /// The key this one replaced by rotation (its prefix), or empty.
     pub rotated_from: String,
     /// Whether this is the key of the current session.
     pub yours: bool,
@@ -52,6 +52,11 @@ pub async fn page(State(app): State<AppState>, ctx: Ctx) -> KeysPage {
     let me = ctx.principal().key_id;
     let mut keys = app.auth.list();
     keys.reverse();
+    // Creators and predecessors by name where they are keys.
+    let names: std::collections::HashMap<String, (String, String)> = keys
+        .iter()
+        .map(|k| (k.id.to_string(), (k.name.clone(), k.prefix.clone())))
+        .collect();
     KeysPage {
         l: ctx.layout("API keys", "keys"),
         rows: keys
@@ -62,10 +67,20 @@ pub async fn page(State(app): State<AppState>, ctx: Ctx) -> KeysPage {
                 role: k.role.as_str(),
                 status: k.status,
                 prefix: k.prefix.clone(),
-                created: format!("{} by {}", time(k.created_at), k.created_by),
+                created: format!(
+                    "{} by {}",
+                    time(k.created_at),
+                    names
+                        .get(&k.created_by)
+                        .map_or_else(|| k.created_by.clone(), |(name, _)| name.clone())
+                ),
                 expires: time_opt(k.expires_at),
                 last_used: k.last_used_at.map_or("never".into(), |t| ago(now, t)),
-                rotated_from: k.rotated_from.map_or(String::new(), |r| r.to_string()),
+                rotated_from: k.rotated_from.map_or(String::new(), |r| {
+                    names
+                        .get(&r.to_string())
+                        .map_or_else(|| r.to_string(), |(_, prefix)| prefix.clone())
+                }),
                 yours: k.id == me,
             })
             .collect(),

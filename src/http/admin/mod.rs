@@ -452,6 +452,17 @@ pub fn ago(now: Millis, ms: Millis) -> String {
     }
 }
 
+/// An amount in micro-dollars: cents from one cent up (`$12.34`), and every significant digit
+/// below a cent (`$0.0042`), so a small spend never shows as `$0.00`.
+pub fn usd(micros: u64) -> String {
+    if micros == 0 || micros >= 10_000 {
+        format!("${:.2}", micros as f64 / 1e6)
+    } else {
+        let text = format!("{:.6}", micros as f64 / 1e6);
+        format!("${}", text.trim_end_matches('0'))
+    }
+}
+
 /// A duration in microseconds for people: `850 µs`, `12.3 ms`, `2.40 s`.
 pub fn micros(us: u64) -> String {
     if us < 1000 {
@@ -515,6 +526,11 @@ mod tests {
         assert_eq!(count(100_000), "100\u{202f}000");
         assert_eq!(count(999), "999");
         assert_eq!(time(1_767_225_600_000), "2026-01-01 00:00:00Z");
+        assert_eq!(usd(0), "$0.00");
+        assert_eq!(usd(4_200), "$0.0042");
+        assert_eq!(usd(1), "$0.000001");
+        assert_eq!(usd(10_000), "$0.01");
+        assert_eq!(usd(12_340_000), "$12.34");
     }
 
     #[test]

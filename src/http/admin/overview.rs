@@ -11,8 +11,10 @@ use axum::Json;
 use axum::extract::{Extension, State};
 use serde::Deserialize;
 
-use super::charts::{self, Group, Line, Window};
-use super::{AdminError, AdminState, Ctx, Layout, PageQuery, ago, count, micros, seconds, time};
+use super::charts::{self, Axis, Group, Line, Window};
+use super::{
+    AdminError, AdminState, Ctx, Layout, PageQuery, ago, count, micros, seconds, time, usd,
+};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -85,6 +87,8 @@ pub struct OverviewData {
     pub outcomes_chart: String,
     /// When this process started.
     pub started_at: String,
+    /// A note when recording began inside the window (or nothing was recorded), else empty.
+    pub collecting: String,
 }
 
 fn pct(part: u64, whole: u64) -> String {
@@ -93,10 +97,6 @@ fn pct(part: u64, whole: u64) -> String {
     } else {
         format!("{:.1} %", part as f64 * 100.0 / whole as f64)
     }
-}
-
-fn usd(micros: u64) -> String {
-    format!("${:.2}", micros as f64 / 1e6)
 }
 
 /// Collects the overview from the rooms' own functions.
@@ -242,19 +242,30 @@ pub async fn collect(
     });
 
     let from = api.buckets.first().map_or(now, |b| b.start);
+    let since = charts::first_recorded(&depth);
+    let collecting = match since {
+        Some(since) if since > from => format!(
+            "Recording began at {}, after this window's start: the charts are empty before it.",
+            time(since)
+        ),
+        None => "Nothing recorded in this window yet.".to_string(),
+        Some(_) => String::new(),
+    };
     let api_chart = charts::line_chart(
         "API latency p50, p95 and p99",
         from,
         now,
         &charts::latency_lines(&api.buckets),
-        charts::fmt_ms,
+        Axis::Duration,
+        since,
     );
     let task_chart = charts::line_chart(
         "Task attempt duration p50, p95 and p99",
         from,
         now,
         &charts::latency_lines(&tasks.buckets),
-        charts::fmt_ms,
+        Axis::Duration,
+        since,
     );
     let throughput_chart = charts::line_chart(
         "Task attempts and API requests per minute",
@@ -264,22 +275,24 @@ pub async fn collect(
             Line {
                 label: "task attempts / min",
                 class: "s1",
-                points: charts::rate_points(&tasks.buckets, window.bucket_ms()),
+                points: charts::rate_points(&tasks.buckets, window.bucket_ms(), since),
             },
             Line {
                 label: "API requests / min",
                 class: "s2",
-                points: charts::rate_points(&api.buckets, window.bucket_ms()),
+                points: charts::rate_points(&api.buckets, window.bucket_ms(), since),
             },
         ],
-        charts::fmt_rate,
+        Axis::Rate,
+        since,
     );
     let depth_chart = charts::line_chart(
         "Waiting tasks (queued and retrying)",
         from,
         now,
         &charts::level_lines(&depth.buckets),
-        charts::fmt_count,
+        Axis::Count,
+        since,
     );
     let outcomes_chart = charts::bar_chart(
         "Tasks by status",
@@ -351,6 +364,7 @@ pub async fn collect(
         depth_chart,
         outcomes_chart,
         started_at: time(app.process.started_at_ms),
+        collecting,
     })
 }
 
@@ -446,6 +460,7 @@ pub async fn live(
             outcomes_chart: d.outcomes_chart,
             by_type,
             workers,
+            collecting: d.collecting,
         },
     }))
 }

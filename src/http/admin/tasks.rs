@@ -375,6 +375,8 @@ pub struct TaskView {
     pub payload: String,
     /// The result, pretty-printed.
     pub result: Option<String>,
+    /// What stands in for a missing result: why there is none.
+    pub no_result: &'static str,
     /// Whether it will not change any more.
     pub finished: bool,
 }
@@ -439,11 +441,19 @@ fn view(t: &Task, now: i64, created_by: String) -> TaskView {
         handler: handler_summary(t),
         payload: pretty_json(&t.payload),
         result: t.result.as_deref().map(pretty_json),
+        no_result: match t.status {
+            Status::Dead => "No result: the task is dead; its last error is under Attempts.",
+            Status::Cancelled => "No result: the task was cancelled.",
+            Status::Succeeded => "The task succeeded without a result body.",
+            _ => "No result yet.",
+        },
         finished: t.status.is_final(),
     }
 }
 
 fn attempts(t: &Task) -> Vec<AttemptRow> {
+    // A command's receipt carries its exit code where an http answer carries its status.
+    let command = matches!(HandlerSnapshot::of(t), Ok(HandlerSnapshot::Command { .. }));
     t.attempts
         .iter()
         .rev()
@@ -469,7 +479,13 @@ fn attempts(t: &Task) -> Vec<AttemptRow> {
                 .receipt
                 .as_ref()
                 .and_then(|r| r.status)
-                .map_or(String::new(), |s| s.to_string()),
+                .map_or(String::new(), |s| {
+                    if command {
+                        format!("exit {s}")
+                    } else {
+                        format!("HTTP {s}")
+                    }
+                }),
             receipt_latency: a
                 .receipt
                 .as_ref()

@@ -43,6 +43,8 @@ pub struct OverviewFragments {
     pub by_type: String,
     /// Rows of the workers table.
     pub workers: String,
+    /// A note when recording began inside the window (or nothing was recorded), else empty.
+    pub collecting: String,
 }
 
 /// `GET /admin/live/tasks`: counts by status and the first page of rows.
