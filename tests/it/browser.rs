@@ -488,15 +488,23 @@ fn the_dashboard_works_in_headless_chromium() {
         ("/admin/keys".to_string(), "14-keys-phone"),
     ] {
         b.goto(&format!("{}{path}", app.base));
+        // The sideways overflow, and the elements that reach past the screen's edge (for the
+        // message).
         let overflow = b.script(
-            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            "var width = document.documentElement.clientWidth;
+             var wide = Array.from(document.querySelectorAll('body *')).filter(function (el) {
+               return el.getBoundingClientRect().right > width + 1;
+             }).reverse().map(function (el) {
+               return el.tagName + '.' + el.className + ' ' + el.textContent.trim().slice(0, 40);
+             });
+             return [document.documentElement.scrollWidth - width, wide.slice(0, 5)]",
             json!([]),
         );
+        b.shot(name);
         assert!(
-            overflow.as_i64().unwrap_or(99) <= 1,
+            overflow[0].as_i64().unwrap_or(99) <= 1,
             "{path} scrolls sideways on a phone: {overflow}"
         );
-        b.shot(name);
     }
     b.size(1280, 900);
 

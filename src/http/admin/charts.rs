@@ -338,7 +338,7 @@ pub struct Line {
 
 const W: f64 = 640.0;
 const H: f64 = 200.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 84.0;
 const RIGHT: f64 = 10.0;
 const TOP: f64 = 10.0;
 const BOTTOM: f64 = 24.0;
@@ -689,8 +689,8 @@ pub fn level_lines(buckets: &[Bucket]) -> Vec<Line> {
     ]
 }
 
-/// Values recorded per minute in each bucket; buckets that ended before `collecting_since`
-/// have no value (nothing was recorded then, which is not a rate of zero).
+/// Values recorded per minute in each bucket; buckets that ended before `collecting_since`, or
+/// every bucket when nothing was recorded, have no value (which is not a rate of zero).
 pub fn rate_points(
     buckets: &[Bucket],
     bucket_ms: i64,
@@ -700,7 +700,7 @@ pub fn rate_points(
     buckets
         .iter()
         .map(|b| {
-            let before = collecting_since.is_some_and(|since| b.start + bucket_ms <= since);
+            let before = collecting_since.is_none_or(|since| b.start + bucket_ms <= since);
             (
                 b.start,
                 (!before).then(|| b.stats.as_ref().map_or(0.0, |s| s.count as f64 / minutes)),
@@ -842,6 +842,11 @@ mod tests {
         assert_eq!(rates[0].1, None);
         assert_eq!(rates[1].1, None);
         assert_eq!(rates[2].1, Some(0.0));
+        assert!(
+            rate_points(&buckets, 60_000, None)
+                .iter()
+                .all(|(_, v)| v.is_none())
+        );
     }
 
     #[test]
