@@ -1178,7 +1178,7 @@ fn task_pages_show_attempts_receipts_and_filters() {
     let v = Client::sign_in(&app.base, &app.create_key("viewer"));
     let page = v.get(&format!("/admin/tasks/{ok}")).body;
     assert!(
-        page.contains("succeeded") && page.contains("<strong>200</strong>"),
+        page.contains("succeeded") && page.contains("<strong>HTTP 200</strong>"),
         "{page}"
     );
     assert!(page.contains("received"), "the receipt's body: {page}");
@@ -1265,6 +1265,10 @@ fn a_running_task_streams_its_log_to_the_session() {
         done.contains("<span class=\"line\" data-n=\"1\">finished</span>"),
         "{done}"
     );
+    assert!(
+        done.contains("<strong>exit 0</strong>"),
+        "a command's receipt shows its exit code: {done}"
+    );
     assert_eq!(
         Client::new(&app.base)
             .get(&format!("/admin/live/tasks/{id}/stream"))
@@ -1282,6 +1286,7 @@ fn charts_come_from_persisted_metric_history() {
     let v = Client::sign_in(&app.base, &app.admin_key);
     let empty = v.get("/admin?window=24h").body;
     assert!(empty.contains("No data in this window yet"));
+    assert!(empty.contains("Nothing recorded in this window yet."));
 
     // Ten minutes of API latency and task durations, one snapshot a minute.
     let metrics = keel::metrics::Metrics::new("test");
@@ -1327,6 +1332,10 @@ fn charts_come_from_persisted_metric_history() {
     );
     let throughput = chart(&page, "throughput_chart");
     assert!(throughput.contains("100/min"), "{throughput}");
+    // Recording began ten minutes ago, inside the hour: the page and the charts say so, and
+    // the rates before it are not drawn as zeros.
+    assert!(page.contains("Recording began at"), "{page}");
+    assert!(throughput.contains("collecting since"), "{throughput}");
     // Rendered again (settled buckets now come from the cache): the same charts.
     let again = v.get("/admin?window=1h").body;
     assert_eq!(chart(&again, "api_chart"), api);

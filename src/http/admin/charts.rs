@@ -709,9 +709,9 @@ pub fn rate_points(
         .collect()
 }
 
-/// When the first bucket of `series` with a value starts, if any has one: the queue-depth
-/// series is sampled at every snapshot interval, so its first value marks where recording
-/// began within a window.
+/// When the first bucket of `series` with a value starts, if any has one (the queue-depth
+/// series is sampled at every snapshot interval, so on a running keel it has values from the
+/// moment recording began).
 pub fn first_recorded(series: &Series) -> Option<Millis> {
     series
         .buckets

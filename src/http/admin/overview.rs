@@ -242,7 +242,11 @@ pub async fn collect(
     });
 
     let from = api.buckets.first().map_or(now, |b| b.start);
-    let since = charts::first_recorded(&depth);
+    // Recording began where the first of the series has a value.
+    let since = [&api, &tasks, &depth]
+        .into_iter()
+        .filter_map(charts::first_recorded)
+        .min();
     let collecting = match since {
         Some(since) if since > from => format!(
             "Recording began at {}, after this window's start: the charts are empty before it.",
