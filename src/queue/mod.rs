@@ -13,7 +13,7 @@
 //!
 //! Code map: [`model`] (stored and API shapes), [`tables`] (the table bundle), [`indexes`],
 //! [`enqueue`], [`lease`] (leases, completion, retries), [`dlq`], [`maintenance`] (reaper,
-//! purge, gauges).
+//! purge, gauges), [`operations`] (operator actions: retry now, delete, search, scheduled).
 
 mod dlq;
 mod enqueue;
@@ -21,6 +21,7 @@ mod indexes;
 mod lease;
 mod maintenance;
 pub mod model;
+mod operations;
 mod tables;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,10 @@ pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
 pub use model::{
     Attempt, Completion, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt, Snapshot,
     Status, Task, TaskFilter, TaskPage,
+};
+pub use operations::{
+    DeadFilter, RETRY_BATCH_MAX, RetryBatch, SEARCH_SCAN_MAX, ScheduledPage, SearchPage,
+    SearchQuery,
 };
 
 /// Errors of the queue room.
