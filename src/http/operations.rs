@@ -1,5 +1,6 @@
 //! Operator actions on the queue over the API: retry a task now, delete a task, retry the dead
-//! tasks of one error class or type, search tasks, the scheduled tasks and running one now.
+//! tasks of one error class or type, search tasks, the scheduled tasks and running one now,
+//! pausing and resuming a task type, and the daily processed and failed counts.
 
 use axum::Json;
 use axum::extract::State;
@@ -9,10 +10,11 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery, Caller, IdPath, parse_id};
+use super::extract::{ApiJson, ApiPath, ApiQuery, Caller, IdPath, parse_id};
 use super::models::ErrorBody;
 use super::models::operations::{
-    DlqRetried, DlqRetryRequest, ScheduledList, SearchResult, parse_scheduled_cursor,
+    DailyStats, DayStats, DlqRetried, DlqRetryRequest, ScheduledList, SearchResult, TaskTypeInfo,
+    TaskTypeList, TaskTypeOne, parse_scheduled_cursor,
 };
 use super::models::tasks::TaskOne;
 use crate::queue::{DeadFilter, SEARCH_SCAN_MAX, SearchQuery};
@@ -192,5 +194,70 @@ pub(super) async fn run_now(
     let task = app.queue.run_now(&principal.actor(), id).await?;
     Ok(Json(TaskOne {
         task: (&task).into(),
+    }))
+}
+
+/// Every task type with its pause and its tasks by status.
+#[utoipa::path(get, path = "/api/v1/task-types", tag = "tasks", operation_id = "task_types_list",
+    responses((status = 200, description = "The task types", body = TaskTypeList)))]
+pub(super) async fn task_types(
+    State(app): State<AppState>,
+) -> Result<Json<TaskTypeList>, ApiError> {
+    let types = app.queue.task_types().await?;
+    Ok(Json(TaskTypeList {
+        types: types.iter().map(TaskTypeInfo::from).collect(),
+    }))
+}
+
+/// Pauses a task type: its tasks keep waiting and none is leased until it is resumed. Audited.
+#[utoipa::path(post, path = "/api/v1/task-types/{type}/pause", tag = "tasks",
+    operation_id = "task_types_pause",
+    params(("type" = String, Path, description = "The task type")),
+    responses(
+        (status = 200, description = "The type, paused", body = TaskTypeOne),
+        (status = 404, description = "No such task type", body = ErrorBody),
+        (status = 409, description = "The type is already paused", body = ErrorBody),
+    ))]
+pub(super) async fn pause_type(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<TaskTypeOne>, ApiError> {
+    let task_type = app.queue.pause_type(&principal.actor(), &name).await?;
+    Ok(Json(TaskTypeOne {
+        task_type: (&task_type).into(),
+    }))
+}
+
+/// Resumes a paused task type: its waiting tasks are leased again. Audited.
+#[utoipa::path(post, path = "/api/v1/task-types/{type}/resume", tag = "tasks",
+    operation_id = "task_types_resume",
+    params(("type" = String, Path, description = "The task type")),
+    responses(
+        (status = 200, description = "The type, running again", body = TaskTypeOne),
+        (status = 404, description = "No such task type", body = ErrorBody),
+        (status = 409, description = "The type is not paused", body = ErrorBody),
+    ))]
+pub(super) async fn resume_type(
+    State(app): State<AppState>,
+    Caller(principal): Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<TaskTypeOne>, ApiError> {
+    let task_type = app.queue.resume_type(&principal.actor(), &name).await?;
+    Ok(Json(TaskTypeOne {
+        task_type: (&task_type).into(),
+    }))
+}
+
+/// Processed and failed attempts per UTC day for the last 30 days.
+///
+/// Processed counts attempts that succeeded or failed (deferred, interrupted and cancelled
+/// attempts are not counted); failed counts the failed ones among them.
+#[utoipa::path(get, path = "/api/v1/stats/daily", tag = "tasks", operation_id = "stats_daily",
+    responses((status = 200, description = "30 days, oldest first", body = DailyStats)))]
+pub(super) async fn daily(State(app): State<AppState>) -> Result<Json<DailyStats>, ApiError> {
+    let days = app.queue.daily_counts().await?;
+    Ok(Json(DailyStats {
+        days: days.iter().map(DayStats::from).collect(),
     }))
 }

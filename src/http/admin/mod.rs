@@ -20,6 +20,7 @@ pub mod operations;
 pub mod overview;
 pub mod session;
 pub mod settings;
+pub mod task_types;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -267,6 +268,8 @@ fn flash_message(code: &str) -> Option<&'static str> {
             "A batch of matching dead letters moved back to the queue; retry again for the rest."
         }
         "retried_none" => "No dead letters matched; nothing was retried.",
+        "type_paused" => "Task type paused: its tasks wait until it is resumed.",
+        "type_resumed" => "Task type resumed.",
         "reset" => "Circuit reset.",
         "revoked" => "Key revoked.",
         "budget_set" => "Budget changed.",
@@ -390,6 +393,11 @@ impl Layout {
                 href: "/admin/search",
                 label: "Search",
                 id: "search",
+            },
+            NavItem {
+                href: "/admin/task-types",
+                label: "Task types",
+                id: "task-types",
             },
             NavItem {
                 href: "/admin/dlq",

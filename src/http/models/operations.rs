@@ -1,10 +1,14 @@
 //! Wire models of the operator actions on the queue: retrying dead tasks by error class or
-//! type, searching tasks, and the scheduled tasks.
+//! type, searching tasks, the scheduled tasks, task types with their pause, and the daily
+//! processed and failed counts.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::Timestamp;
 use super::tasks::{DrainedTask, Task};
 use crate::queue;
 
@@ -99,4 +103,85 @@ impl From<&queue::ScheduledPage> for ScheduledList {
             next_after: p.next_after.map(scheduled_cursor),
         }
     }
+}
+
+/// A task type: whether it is paused and its tasks by status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskTypeInfo {
+    /// The type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Whether a handler is configured for it.
+    pub configured: bool,
+    /// Whether it is paused: none of its tasks is leased.
+    pub paused: bool,
+    /// When it was paused.
+    pub paused_at: Option<Timestamp>,
+    /// Who paused it (a key id).
+    pub paused_by: Option<String>,
+    /// Its tasks by status (statuses without tasks left out).
+    #[schema(example = json!({"queued": 12, "dead": 1}))]
+    pub counts: BTreeMap<String, u64>,
+}
+
+impl From<&queue::TaskType> for TaskTypeInfo {
+    fn from(t: &queue::TaskType) -> Self {
+        TaskTypeInfo {
+            task_type: t.name.clone(),
+            configured: t.configured,
+            paused: t.pause.is_some(),
+            paused_at: t.pause.as_ref().map(|p| p.paused_at.into()),
+            paused_by: t.pause.as_ref().map(|p| p.paused_by.clone()),
+            counts: t
+                .counts
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), *n))
+                .collect(),
+        }
+    }
+}
+
+/// `GET /api/v1/task-types`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskTypeList {
+    /// Every type with a handler, tasks or a pause, by name.
+    pub types: Vec<TaskTypeInfo>,
+}
+
+/// One task type.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskTypeOne {
+    /// The type.
+    pub task_type: TaskTypeInfo,
+}
+
+/// Finished attempts of one UTC day.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DayStats {
+    /// The day, `YYYY-MM-DD` (UTC).
+    #[schema(example = "2026-01-01")]
+    pub date: String,
+    /// Attempts that ended with a result (succeeded or failed).
+    pub processed: u64,
+    /// Of those, the ones that failed.
+    pub failed: u64,
+}
+
+impl From<&queue::DayCount> for DayStats {
+    fn from(d: &queue::DayCount) -> Self {
+        DayStats {
+            date: crate::clock::to_datetime(d.day_start)
+                .format("%Y-%m-%d")
+                .to_string(),
+            processed: d.processed,
+            failed: d.failed,
+        }
+    }
+}
+
+/// `GET /api/v1/stats/daily`: the last 30 days, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DailyStats {
+    /// One entry per day, today last; days without attempts are 0.
+    pub days: Vec<DayStats>,
 }
