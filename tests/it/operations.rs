@@ -532,3 +532,162 @@ fn dashboard_forms_retry_delete_run_now_and_retry_by_class() {
         "{found}"
     );
 }
+
+/// A paused type's tasks keep waiting while other types run, across a restart; resuming lets
+/// them run; the pause and resume are audited; a viewer gets 403, an unknown type 404, a
+/// repeated pause or resume 409; the dashboard pauses and resumes too.
+#[test]
+fn a_paused_task_type_waits_across_a_restart_until_resumed() {
+    let receiver = Receiver::start();
+    let url = receiver.url();
+    let configure = move |c: &mut Config| {
+        add_http(c, "alpha", &url);
+        add_http(c, "beta", &url);
+    };
+    let app = TestApp::start_with(configure.clone());
+    let (operator_id, operator) = app.create_key_with(&json!({"name": "ops", "role": "operator"}));
+    let viewer = app.create_key("viewer");
+    let pause = "/api/v1/task-types/alpha/pause";
+    assert_eq!(app.post_json(pause, Some(&viewer), &json!({})).status, 403);
+    let r = app.post_json("/api/v1/task-types/nope/pause", Some(&operator), &json!({}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = app.post_json(pause, Some(&operator), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["task_type"]["paused"], true, "{v}");
+    assert_eq!(v["task_type"]["paused_by"], operator_id.as_str());
+    assert_eq!(
+        app.post_json(pause, Some(&operator), &json!({})).status,
+        409
+    );
+    assert_eq!(
+        audited(&app, "task_type.pause", "alpha")["actor"],
+        operator_id
+    );
+
+    let waiting = submit(&app, &json!({"type": "alpha", "payload": {}}));
+    let other = submit(&app, &json!({"type": "beta", "payload": {}}));
+    wait_status(&app, &other, "succeeded");
+    assert_eq!(dispatch_now(&app), 0);
+    assert_eq!(task(&app, &waiting)["status"], "queued");
+    assert_eq!(receiver.count(), 1);
+    let types = app.admin_get("/api/v1/task-types").json();
+    let alpha = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "alpha")
+        .unwrap()
+        .clone();
+    assert_eq!(alpha["paused"], true, "{types}");
+    assert_eq!(alpha["counts"], json!({"queued": 1}), "{types}");
+    let beta = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "beta")
+        .unwrap()
+        .clone();
+    assert_eq!(beta["paused"], false, "{types}");
+
+    // The pause is stored.
+    let dir = app.stop();
+    let app = TestApp::start_in(dir, configure);
+    assert_eq!(dispatch_now(&app), 0);
+    assert_eq!(task(&app, &waiting)["status"], "queued");
+    let page = Client::sign_in(&app.base, &operator);
+    let html = page.get("/admin/task-types").body;
+    assert!(html.contains("/admin/task-types/alpha/resume"), "{html}");
+    assert!(html.contains("/admin/task-types/beta/pause"), "{html}");
+    let viewer_page = Client::sign_in(&app.base, &viewer);
+    assert!(
+        !viewer_page
+            .get("/admin/task-types")
+            .body
+            .contains("/resume\"")
+    );
+    let r = viewer_page.post("/admin/task-types/alpha/resume", &[]);
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let r = page.post("/admin/task-types/alpha/resume", &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some("/admin/task-types?msg=type_resumed")
+    );
+    wait_status(&app, &waiting, "succeeded");
+    assert_eq!(
+        audited(&app, "task_type.resume", "alpha")["actor"],
+        operator_id
+    );
+    let r = app.post_json(
+        "/api/v1/task-types/alpha/resume",
+        Some(&operator),
+        &json!({}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = page.post("/admin/task-types/beta/pause", &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let types = app.admin_get("/api/v1/task-types").json();
+    let beta = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "beta")
+        .unwrap()
+        .clone();
+    assert_eq!(beta["paused"], true, "{types}");
+}
+
+/// Finished attempts are counted per UTC day: 30 days, today last, failed among processed; the
+/// dashboard charts them.
+#[test]
+fn daily_counts_of_processed_and_failed_attempts() {
+    let receiver = Receiver::start();
+    receiver.set_mode(Mode::Status(500));
+    let app = TestApp::start_with(|c| add_http(c, "alpha", &receiver.url()));
+    let viewer = app.create_key("viewer");
+    let failing = submit(
+        &app,
+        &json!({"type": "alpha", "payload": {}, "max_attempts": 1}),
+    );
+    wait_status(&app, &failing, "dead");
+    receiver.set_mode(Mode::Ok);
+    let ok = submit(&app, &json!({"type": "alpha", "payload": {}}));
+    wait_status(&app, &ok, "succeeded");
+
+    let r = app.get("/api/v1/stats/daily", Some(&viewer));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let days = r.json()["days"].as_array().unwrap().clone();
+    assert_eq!(days.len(), 30);
+    let today = rfc3339(app.clock.now_ms())[..10].to_string();
+    assert_eq!(
+        days[29],
+        json!({"date": today, "processed": 2, "failed": 1})
+    );
+    assert!(
+        days[..29]
+            .iter()
+            .all(|d| d["processed"] == 0 && d["failed"] == 0)
+    );
+
+    // The next day.
+    app.clock.set_ms(app.clock.now_ms() + 86_400_000);
+    let next = submit(&app, &json!({"type": "alpha", "payload": {}}));
+    wait_status(&app, &next, "succeeded");
+    let days = app.admin_get("/api/v1/stats/daily").json()["days"].clone();
+    assert_eq!(
+        (days[28]["processed"].clone(), days[29]["processed"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(days[28]["date"], today.as_str());
+
+    let page = Client::sign_in(&app.base, &viewer).get("/admin/task-types");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("3 processed, 1 failed"), "{}", page.body);
+    assert!(
+        page.body.contains("Processed and failed attempts per day"),
+        "{}",
+        page.body
+    );
+}
