@@ -777,6 +777,7 @@ fn every_form_post_needs_the_session_csrf_token() {
                 .replace("{name}", "nothing")
                 .replace("{provider}", "acme")
                 .replace("{ns}", "nothing")
+                .replace("{type}", "hook")
         })
         .collect();
     assert!(posts.len() >= 10, "{posts:?}");
