@@ -126,7 +126,7 @@ impl From<QueueError> for ApiError {
             QueueError::Invalid(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
             }
-            QueueError::NotFound(_) => Self::not_found(message),
+            QueueError::NotFound(_) | QueueError::UnknownType(_) => Self::not_found(message),
             QueueError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
             QueueError::Full { .. } => ApiError {
                 retry_after_secs: Some(5),

@@ -13,6 +13,7 @@ mod hooks;
 pub mod middleware;
 pub mod models;
 pub mod openapi;
+mod operations;
 mod state;
 mod tasks;
 
@@ -88,14 +89,24 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/api/v1/keys/{id}/rotate", R(Admin), post(api::keys_rotate)),
         route(Method::POST, "/api/v1/tasks", R(Service), post(tasks::submit)),
         route(Method::GET, "/api/v1/tasks", R(Viewer), get(tasks::list)),
+        route(Method::GET, "/api/v1/tasks/search", R(Viewer), get(operations::search)),
+        route(Method::GET, "/api/v1/tasks/scheduled", R(Viewer), get(operations::scheduled)),
         route(Method::GET, "/api/v1/tasks/{id}", R(Viewer), get(tasks::get)),
+        route(Method::DELETE, "/api/v1/tasks/{id}", R(Operator), delete(operations::delete)),
         route(Method::GET, "/api/v1/tasks/{id}/logs", R(Viewer), get(tasks::logs)),
         route(Method::POST, "/api/v1/tasks/{id}/cancel", R(Operator), post(tasks::cancel)),
+        route(Method::POST, "/api/v1/tasks/{id}/retry", R(Operator), post(operations::retry)),
+        route(Method::POST, "/api/v1/tasks/{id}/run-now", R(Operator), post(operations::run_now)),
+        route(Method::GET, "/api/v1/task-types", R(Viewer), get(operations::task_types)),
+        route(Method::POST, "/api/v1/task-types/{type}/pause", R(Operator), post(operations::pause_type)),
+        route(Method::POST, "/api/v1/task-types/{type}/resume", R(Operator), post(operations::resume_type)),
+        route(Method::GET, "/api/v1/stats/daily", R(Viewer), get(operations::daily)),
         route(Method::GET, "/api/v1/stream/{id}", R(Viewer), get(tasks::stream)),
         route(Method::GET, "/api/v1/runs", R(Viewer), get(tasks::runs)),
         route(Method::GET, "/api/v1/dlq/stats", R(Viewer), get(tasks::dlq_stats)),
         route(Method::GET, "/api/v1/dlq", R(Viewer), get(tasks::dlq_list)),
         route(Method::POST, "/api/v1/dlq/drain", R(Operator), post(tasks::dlq_drain)),
+        route(Method::POST, "/api/v1/dlq/retry", R(Operator), post(operations::dlq_retry)),
         route(Method::DELETE, "/api/v1/dlq/{id}", R(Operator), delete(tasks::dlq_delete)),
         route(Method::GET, "/api/v1/circuits", R(Viewer), get(tasks::circuits)),
         route(Method::POST, "/api/v1/circuits/{name}/reset", R(Operator), post(tasks::circuit_reset)),
@@ -140,9 +151,18 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/admin/live/tasks", S(Viewer), get(admin::tasks::live_list)),
         route(Method::GET, "/admin/tasks/{id}", S(Viewer), get(admin::tasks::detail)),
         route(Method::POST, "/admin/tasks/{id}/cancel", S(Operator), post(admin::tasks::cancel)),
+        route(Method::POST, "/admin/tasks/{id}/retry", S(Operator), post(admin::operations::retry)),
+        route(Method::POST, "/admin/tasks/{id}/delete", S(Operator), post(admin::operations::delete)),
+        route(Method::POST, "/admin/tasks/{id}/run-now", S(Operator), post(admin::operations::run_now)),
         route(Method::GET, "/admin/live/tasks/{id}/stream", S(Viewer), get(tasks::stream)),
+        route(Method::GET, "/admin/scheduled", S(Viewer), get(admin::operations::scheduled)),
+        route(Method::GET, "/admin/search", S(Viewer), get(admin::operations::search)),
+        route(Method::GET, "/admin/task-types", S(Viewer), get(admin::task_types::page)),
+        route(Method::POST, "/admin/task-types/{type}/pause", S(Operator), post(admin::task_types::pause)),
+        route(Method::POST, "/admin/task-types/{type}/resume", S(Operator), post(admin::task_types::resume)),
         route(Method::GET, "/admin/dlq", S(Viewer), get(admin::dlq::page)),
         route(Method::POST, "/admin/dlq/drain", S(Operator), post(admin::dlq::drain)),
+        route(Method::POST, "/admin/dlq/retry", S(Operator), post(admin::operations::dlq_retry)),
         route(Method::POST, "/admin/dlq/{id}/delete", S(Operator), post(admin::dlq::delete)),
         route(Method::GET, "/admin/circuits", S(Viewer), get(admin::circuits::page)),
         route(Method::POST, "/admin/circuits/{name}/reset", S(Operator), post(admin::circuits::reset)),

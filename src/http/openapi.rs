@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::middleware::Access;
 use super::models::ErrorBody;
-use super::{RouteSpec, api, budgets, cycles, hooks, tasks};
+use super::{RouteSpec, api, budgets, cycles, hooks, operations, tasks};
 use crate::auth::Role;
 
 #[derive(OpenApi)]
@@ -46,6 +46,9 @@ use crate::auth::Role;
         tasks::submit, tasks::list, tasks::get, tasks::logs, tasks::cancel, tasks::stream,
         tasks::runs, tasks::dlq_stats, tasks::dlq_list, tasks::dlq_drain, tasks::dlq_delete,
         tasks::circuits, tasks::circuit_reset,
+        operations::retry, operations::delete, operations::dlq_retry, operations::search,
+        operations::scheduled, operations::run_now, operations::task_types,
+        operations::pause_type, operations::resume_type, operations::daily,
         budgets::list, budgets::set,
         cycles::profiles_list, cycles::run_profiles_list, cycles::schema_get,
         cycles::config_reload, cycles::cycles_trigger, cycles::run_profiles_trigger,

@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::model::{Attempt, Completion, Lease, LeaseRequest, Outcome, Receipt, Status, Task};
 use super::tables::{ReadableTables, Tables};
-use super::{PROMOTE_LIMIT, Queue, QueueError, indexes};
+use super::task_types::has_leasable_work;
+use super::{PROMOTE_LIMIT, Queue, QueueError, daily, indexes};
 use crate::clock::Millis;
 use crate::config::Config;
 
@@ -23,7 +24,7 @@ impl Queue {
     /// trial (without using an attempt).
     pub async fn lease(&self, request: LeaseRequest) -> Result<Vec<Task>, QueueError> {
         let now = self.clock.now_ms();
-        if request.max == 0 || !self.read(move |t| indexes::has_due_work(t, now)).await? {
+        if request.max == 0 || !self.read(move |t| has_leasable_work(t, now)).await? {
             return Ok(Vec::new());
         }
         let lease_ms = self.config.queue.lease_seconds as i64 * 1000;
@@ -110,8 +111,9 @@ fn lease_in(
     // head is refreshed. A type at its concurrency limit is never looked at.
     let mut room = request.type_room.clone();
     let mut heads = BinaryHeap::new();
+    let paused = t.pauses()?;
     for task_type in indexes::ready_types(t)? {
-        if room.get(&task_type).is_some_and(|left| *left == 0) {
+        if paused.contains_key(&task_type) || room.get(&task_type).is_some_and(|left| *left == 0) {
             continue;
         }
         if let Some(head) = indexes::ready_head(t, &task_type)? {
@@ -199,6 +201,7 @@ pub(super) fn finish_attempt(
     result_max: usize,
 ) -> Result<(), QueueError> {
     indexes::end_lease(t, task)?;
+    daily::record(t, &outcome, now)?;
     let cancel_requested = task.cancel_requested;
     let attempt = task.attempts.last_mut();
     let record = |outcome_name: &str,

@@ -13,15 +13,19 @@
 //!
 //! Code map: [`model`] (stored and API shapes), [`tables`] (the table bundle), [`indexes`],
 //! [`enqueue`], [`lease`] (leases, completion, retries), [`dlq`], [`maintenance`] (reaper,
-//! purge, gauges).
+//! purge, gauges), [`operations`] (operator actions: retry now, delete, search, scheduled),
+//! [`task_types`] (pausing and resuming a type), [`daily`] (processed and failed per day).
 
+mod daily;
 mod dlq;
 mod enqueue;
 mod indexes;
 mod lease;
 mod maintenance;
 pub mod model;
+mod operations;
 mod tables;
+mod task_types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,11 +41,16 @@ use crate::events::{Event, EventBus};
 use crate::store::{Store, StoreError};
 use tables::{ReadTables, ReadableTables, Tables};
 
+pub use daily::DAILY_DAYS;
 pub use dlq::{DlqStats, DrainReport};
 pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
 pub use model::{
-    Attempt, Completion, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt, Snapshot,
-    Status, Task, TaskFilter, TaskPage,
+    Attempt, Completion, DayCount, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt,
+    Snapshot, Status, Task, TaskFilter, TaskPage, TaskType, TypePause,
+};
+pub use operations::{
+    DeadFilter, RETRY_BATCH_MAX, RetryBatch, SEARCH_SCAN_MAX, ScheduledPage, SearchPage,
+    SearchQuery,
 };
 
 /// Errors of the queue room.
@@ -53,6 +62,9 @@ pub enum QueueError {
     /// No such task.
     #[error("no task with id {0}")]
     NotFound(Uuid),
+    /// No such task type (no handler, no task, no pause).
+    #[error("no task type `{0}`")]
+    UnknownType(String),
     /// The task is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),

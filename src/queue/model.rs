@@ -390,6 +390,43 @@ pub struct LeaseRequest {
     pub blocked_targets: HashMap<String, Millis>,
 }
 
+/// Why a task type is paused: stored per paused type; the dispatcher leases none of its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypePause {
+    /// When it was paused.
+    pub paused_at: Millis,
+    /// Who paused it (the audit actor).
+    pub paused_by: String,
+}
+
+impl Record for TypePause {
+    const VERSION: u8 = 1;
+}
+
+/// A task type as operators see it: whether it is paused and its tasks by status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskType {
+    /// The type.
+    pub name: String,
+    /// Whether a handler is configured for it.
+    pub configured: bool,
+    /// The pause, when paused.
+    pub pause: Option<TypePause>,
+    /// Its tasks by status (statuses without tasks left out).
+    pub counts: Vec<(Status, u64)>,
+}
+
+/// Finished attempts of one UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayCount {
+    /// The day's start (epoch ms, UTC midnight).
+    pub day_start: Millis,
+    /// Attempts that ended with a result (succeeded or failed).
+    pub processed: u64,
+    /// Of those, the ones that failed.
+    pub failed: u64,
+}
+
 /// A version-1 task record: the fields of [`Task`] with the handler snapshot inline (its postcard
 /// body, in the place of [`Task::handler`]). Only the room that runs tasks knows where the inline
 /// snapshot ends, so the record is read in three parts.

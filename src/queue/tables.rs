@@ -6,6 +6,7 @@
 //! transaction (at most once): an enqueue or a `get` pays only for the tables it touches.
 
 use std::cell::OnceCell;
+use std::collections::BTreeMap;
 
 use redb::{
     Key, ReadOnlyTable, ReadTransaction, ReadableTable, Table, TableDefinition, TableHandle, Value,
@@ -13,14 +14,14 @@ use redb::{
 };
 use uuid::Uuid;
 
-use super::model::{Status, Task, TaskV1};
+use super::model::{Status, Task, TaskV1, TypePause};
 use super::{Handlers, QueueError};
 use crate::clock::Millis;
 use crate::store::StoreError;
 use crate::store::codec;
 use crate::store::tables::queue::{
-    IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_LOGS, TASKS, TASKS_BY_STATUS,
-    TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
+    IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_DAILY, TASK_LOGS, TASK_TYPES_PAUSED,
+    TASKS, TASKS_BY_STATUS, TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
 };
 
 /// Key of the ready index: (task type, priority, due ms, task id).
@@ -46,6 +47,10 @@ pub(super) trait ReadableTables {
     ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError>;
     /// Task log lines: (task id, line number) → line.
     fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError>;
+    /// Paused task types: type → pause record.
+    fn paused(&self) -> Result<&impl ReadableTable<&'static str, &'static [u8]>, QueueError>;
+    /// Finished attempts per day: day → (processed, failed).
+    fn daily(&self) -> Result<&impl ReadableTable<i64, (u64, u64)>, QueueError>;
     /// Reads handler snapshots that old task records hold inline.
     fn handlers(&self) -> &dyn Handlers;
 
@@ -131,6 +136,17 @@ pub(super) trait ReadableTables {
         {
             let (k, v) = row?;
             out.push((k.value().1, v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Every paused task type with its pause.
+    fn pauses(&self) -> Result<BTreeMap<String, TypePause>, QueueError> {
+        let mut out = BTreeMap::new();
+        for row in self.paused()?.iter()? {
+            let (k, v) = row?;
+            let pause = codec::decode(TASK_TYPES_PAUSED.name(), k.value(), v.value())?;
+            out.insert(k.value().to_string(), pause);
         }
         Ok(out)
     }
@@ -231,6 +247,8 @@ pub(super) struct Tables<'tx> {
     idempotency_keys: LazyTable<'tx, &'static str, (u128, i64)>,
     idempotency_expiry: LazyTable<'tx, (i64, &'static str), ()>,
     logs: LazyTable<'tx, (u128, u32), &'static str>,
+    paused: LazyTable<'tx, &'static str, &'static [u8]>,
+    daily: LazyTable<'tx, i64, (u64, u64)>,
     handlers: &'tx dyn Handlers,
 }
 
@@ -247,6 +265,8 @@ impl<'tx> Tables<'tx> {
             idempotency_keys: LazyTable::new(tx, IDEMPOTENCY_KEYS),
             idempotency_expiry: LazyTable::new(tx, IDEMPOTENCY_EXPIRY),
             logs: LazyTable::new(tx, TASK_LOGS),
+            paused: LazyTable::new(tx, TASK_TYPES_PAUSED),
+            daily: LazyTable::new(tx, TASK_DAILY),
             handlers,
         }
     }
@@ -255,6 +275,17 @@ impl<'tx> Tables<'tx> {
     pub(super) fn save(&mut self, task: &Task) -> Result<(), QueueError> {
         self.tasks_mut()?
             .insert(task.id.as_u128(), codec::encode(task).as_slice())?;
+        Ok(())
+    }
+
+    /// Pauses `task_type` (its pause record replaces any before).
+    pub(super) fn save_pause(
+        &mut self,
+        task_type: &str,
+        pause: &TypePause,
+    ) -> Result<(), QueueError> {
+        self.paused_mut()?
+            .insert(task_type, codec::encode(pause).as_slice())?;
         Ok(())
     }
 
@@ -302,6 +333,16 @@ impl<'tx> Tables<'tx> {
     ) -> Result<&mut Table<'tx, (u128, u32), &'static str>, QueueError> {
         self.logs.get_mut()
     }
+    /// Paused task types, for writing.
+    pub(super) fn paused_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, &'static str, &'static [u8]>, QueueError> {
+        self.paused.get_mut()
+    }
+    /// Finished attempts per day, for writing.
+    pub(super) fn daily_mut(&mut self) -> Result<&mut Table<'tx, i64, (u64, u64)>, QueueError> {
+        self.daily.get_mut()
+    }
 }
 
 /// Implements [`ReadableTables`] for a bundle whose lazily opened tables have the trait's names
@@ -335,6 +376,14 @@ macro_rules! readable_tables {
             fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
                 self.logs.get()
             }
+            fn paused(
+                &self,
+            ) -> Result<&impl ReadableTable<&'static str, &'static [u8]>, QueueError> {
+                self.paused.get()
+            }
+            fn daily(&self) -> Result<&impl ReadableTable<i64, (u64, u64)>, QueueError> {
+                self.daily.get()
+            }
             fn handlers(&self) -> &dyn Handlers {
                 self.handlers
             }
@@ -355,6 +404,8 @@ pub(super) struct ReadTables<'tx> {
     counts: LazyReadTable<'tx, (u8, &'static str), u64>,
     idempotency_keys: LazyReadTable<'tx, &'static str, (u128, i64)>,
     logs: LazyReadTable<'tx, (u128, u32), &'static str>,
+    paused: LazyReadTable<'tx, &'static str, &'static [u8]>,
+    daily: LazyReadTable<'tx, i64, (u64, u64)>,
     handlers: &'tx dyn Handlers,
 }
 
@@ -370,6 +421,8 @@ impl<'tx> ReadTables<'tx> {
             counts: LazyReadTable::new(tx, TASK_COUNTS),
             idempotency_keys: LazyReadTable::new(tx, IDEMPOTENCY_KEYS),
             logs: LazyReadTable::new(tx, TASK_LOGS),
+            paused: LazyReadTable::new(tx, TASK_TYPES_PAUSED),
+            daily: LazyReadTable::new(tx, TASK_DAILY),
             handlers,
         }
     }

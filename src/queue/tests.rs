@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::lease::{RetryPolicy, SCAN_LIMIT};
 use super::*;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::events::Received;
 use crate::metrics::Metrics;
 
@@ -442,4 +442,137 @@ async fn dead_cancelled_and_reaped_tasks_are_published() {
         }
     );
     assert_eq!(f.queue.get(b.id).await.unwrap().status, Status::Dead);
+}
+
+/// Leases the one ready task and ends its attempt with `outcome`.
+async fn run_once(f: &Fixture, outcome: Outcome) -> Task {
+    let leased = f
+        .queue
+        .lease(LeaseRequest {
+            max: 1,
+            ..LeaseRequest::default()
+        })
+        .await
+        .unwrap();
+    let task = leased.into_iter().next().expect("a ready task");
+    let lease = task.lease.unwrap();
+    f.queue.complete(task.id, lease.id, outcome).await.unwrap();
+    f.queue.get(task.id).await.unwrap()
+}
+
+#[tokio::test]
+async fn deleting_one_task_tells_the_runner_and_frees_its_idempotency_key() {
+    let f = fixture();
+    let keyed = NewTask {
+        idempotency_key: Some("k".into()),
+        ..new_task("a")
+    };
+    let first = f.queue.enqueue("test", keyed.clone()).await.unwrap().task;
+    f.queue.delete("test", first.id).await.unwrap();
+    assert_eq!(*f.runner.removed.lock().unwrap(), vec![first.id]);
+    let again = f.queue.enqueue("test", keyed).await.unwrap();
+    assert!(again.created, "the key named a deleted task");
+    assert_ne!(again.task.id, first.id);
+    assert_eq!(f.queue.counts().await.unwrap().values().sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn a_paused_type_is_not_leased_and_its_tasks_keep_waiting() {
+    let f = fixture();
+    let a = f.queue.enqueue("test", new_task("a")).await.unwrap().task;
+    let b = f.queue.enqueue("test", new_task("b")).await.unwrap().task;
+    f.queue.pause_type("ops", "a").await.unwrap();
+    let request = LeaseRequest {
+        max: 10,
+        ..LeaseRequest::default()
+    };
+    let leased = f.queue.lease(request.clone()).await.unwrap();
+    assert_eq!(leased.iter().map(|t| t.id).collect::<Vec<_>>(), vec![b.id]);
+    assert!(f.queue.lease(request.clone()).await.unwrap().is_empty());
+    assert_eq!(f.queue.get(a.id).await.unwrap().status, Status::Queued);
+    let has_work = f
+        .queue
+        .read(|t| task_types::has_leasable_work(t, 1_000_000))
+        .await
+        .unwrap();
+    assert!(!has_work, "only a paused type's task is ready");
+    f.queue.resume_type("ops", "a").await.unwrap();
+    let leased = f.queue.lease(request).await.unwrap();
+    assert_eq!(leased.iter().map(|t| t.id).collect::<Vec<_>>(), vec![a.id]);
+}
+
+#[tokio::test]
+async fn daily_counts_are_kept_for_thirty_days() {
+    let f = fixture();
+    let day = 86_400_000;
+    let ok = || Outcome::Succeeded {
+        result: None,
+        receipt: None,
+    };
+    let retry = || Outcome::Retry {
+        class: "x".into(),
+        message: "no".into(),
+        retry_after_ms: None,
+        receipt: None,
+    };
+    f.queue.enqueue("test", new_task("a")).await.unwrap();
+    run_once(&f, retry()).await;
+    f.clock.advance_ms(60_000);
+    run_once(&f, ok()).await;
+    f.queue.enqueue("test", new_task("a")).await.unwrap();
+    let deferred = f
+        .queue
+        .lease(LeaseRequest {
+            max: 1,
+            ..LeaseRequest::default()
+        })
+        .await
+        .unwrap();
+    let defer = Outcome::Defer {
+        class: "deferred".into(),
+        reason: "circuit".into(),
+        until: f.clock.now_ms(),
+    };
+    f.queue
+        .complete(deferred[0].id, deferred[0].lease.unwrap().id, defer)
+        .await
+        .unwrap();
+    let days = f.queue.daily_counts().await.unwrap();
+    assert_eq!(days.len(), DAILY_DAYS as usize);
+    let today = days.last().unwrap();
+    assert_eq!(
+        (today.processed, today.failed),
+        (2, 1),
+        "a deferral is not counted"
+    );
+    assert_eq!(today.day_start, f.clock.now_ms().div_euclid(day) * day);
+
+    f.clock.advance_ms(day);
+    run_once(&f, ok()).await;
+    let days = f.queue.daily_counts().await.unwrap();
+    assert_eq!(
+        days[days.len() - 2..]
+            .iter()
+            .map(|d| (d.processed, d.failed))
+            .collect::<Vec<_>>(),
+        vec![(2, 1), (1, 0)]
+    );
+
+    // Forty days on, the first completion of the day deletes the days past thirty.
+    f.clock.advance_ms(40 * day);
+    f.queue.enqueue("test", new_task("a")).await.unwrap();
+    run_once(&f, ok()).await;
+    let stored: Vec<i64> = f
+        .queue
+        .read(|t| {
+            Ok(t.daily()?
+                .iter()?
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![f.clock.now_ms().div_euclid(day)]);
+    let days = f.queue.daily_counts().await.unwrap();
+    assert_eq!(days.iter().map(|d| d.processed).sum::<u64>(), 1);
 }

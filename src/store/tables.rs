@@ -98,6 +98,15 @@ pub mod queue {
 
     /// Log lines of tasks: (task id, line number) → line.
     pub const TASK_LOGS: TableDefinition<(u128, u32), &str> = TableDefinition::new("task_logs_v1");
+
+    /// Paused task types: task type → pause record (when, by whom). The dispatcher leases no
+    /// task of a paused type.
+    pub const TASK_TYPES_PAUSED: TableDefinition<&str, &[u8]> =
+        TableDefinition::new("task_types_paused_v1");
+
+    /// Finished attempts per UTC day: day (days since the epoch) → (processed, failed), kept
+    /// for 30 days.
+    pub const TASK_DAILY: TableDefinition<i64, (u64, u64)> = TableDefinition::new("task_daily_v1");
 }
 
 /// The exec room: circuit breakers and workflow step checkpoints.

@@ -12,6 +12,7 @@ mod doctor;
 mod events;
 mod inbox;
 mod llm;
+mod operations;
 mod queue;
 mod queue_crash;
 mod receiver;

@@ -16,9 +16,11 @@ pub mod circuits;
 pub mod cycles;
 pub mod dlq;
 pub mod keys;
+pub mod operations;
 pub mod overview;
 pub mod session;
 pub mod settings;
+pub mod task_types;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -258,6 +260,16 @@ fn flash_message(code: &str) -> Option<&'static str> {
         "drained" => "Dead letters moved back to the queue.",
         "drained_none" => "No dead letters matched; nothing was moved.",
         "purged" => "Dead letter purged.",
+        "retried" => "Task retried: it runs again now.",
+        "deleted" => "Task deleted.",
+        "run_now" => "Task made due: it runs now.",
+        "retried_all" => "Matching dead letters moved back to the queue.",
+        "retried_more" => {
+            "A batch of matching dead letters moved back to the queue; retry again for the rest."
+        }
+        "retried_none" => "No dead letters matched; nothing was retried.",
+        "type_paused" => "Task type paused: its tasks wait until it is resumed.",
+        "type_resumed" => "Task type resumed.",
         "reset" => "Circuit reset.",
         "revoked" => "Key revoked.",
         "budget_set" => "Budget changed.",
@@ -371,6 +383,21 @@ impl Layout {
                 href: "/admin/tasks",
                 label: "Tasks",
                 id: "tasks",
+            },
+            NavItem {
+                href: "/admin/scheduled",
+                label: "Scheduled",
+                id: "scheduled",
+            },
+            NavItem {
+                href: "/admin/search",
+                label: "Search",
+                id: "search",
+            },
+            NavItem {
+                href: "/admin/task-types",
+                label: "Task types",
+                id: "task-types",
             },
             NavItem {
                 href: "/admin/dlq",
