@@ -7,7 +7,7 @@ use askama_web::WebTemplate;
 use axum::extract::State;
 use axum::response::Redirect;
 
-use super::charts::{Line, fmt_count, line_chart};
+use super::charts::{Axis, Line, line_chart};
 use super::{AdminError, Ctx, Layout, PagePath, ago, count};
 use crate::http::AppState;
 use crate::queue::Status;
@@ -94,7 +94,8 @@ pub async fn page(State(app): State<AppState>, ctx: Ctx) -> Result<TaskTypesPage
                     .collect(),
             },
         ],
-        fmt_count,
+        Axis::Count,
+        None,
     );
     Ok(TaskTypesPage {
         l: ctx.layout("Task types", "task-types"),
