@@ -43,8 +43,8 @@ pub use cycles::{
 };
 pub use error::ConfigError;
 pub use exec::{
-    CircuitConfig, CommandHandlerConfig, HandlerConfig, HttpHandlerConfig, LlmHandlerConfig,
-    WorkflowHandlerConfig, WorkflowStepConfig,
+    CircuitConfig, CommandHandlerConfig, ExecConfig, HandlerConfig, HttpHandlerConfig,
+    LlmHandlerConfig, WorkflowHandlerConfig, WorkflowStepConfig,
 };
 pub use inbox::{InboxConfig, InboxScheme, InboxSourceConfig};
 pub use llm::{LlmConfig, LlmProviderConfig, usd_to_micros};
@@ -95,6 +95,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The task queue.
     pub queue: QueueConfig,
+    /// Limits on what executors keep of a task's runs.
+    pub exec: ExecConfig,
     /// Circuit breakers in front of task targets.
     pub circuit: CircuitConfig,
     /// How each task type is executed, by type name.
@@ -127,6 +129,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
             queue: QueueConfig::default(),
+            exec: ExecConfig::default(),
             circuit: CircuitConfig::default(),
             handlers: BTreeMap::new(),
             inbox: InboxConfig::default(),
@@ -154,6 +157,7 @@ impl Config {
         self.metrics.validate()?;
         self.shutdown.validate()?;
         self.queue.validate()?;
+        self.exec.validate()?;
         self.circuit.validate()?;
         self.llm.validate()?;
         self.validate_handlers()?;

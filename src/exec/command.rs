@@ -1,15 +1,17 @@
 //! The command executor: runs a local program (argv, no shell) in its own process group with a
 //! working dir and an environment allowlist; the payload goes to stdin; exit 0 succeeds with
-//! the tail of stdout as the result; stderr lines go to the task's log. The whole process
+//! the tail of stdout as the result; stderr lines go to the task's log within its limits
+//! ([`stderr`]). The whole process
 //! group is killed on timeout, cancellation or shutdown.
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::snapshot::HandlerSnapshot;
+use super::stderr::{self, LogLimits};
 use crate::queue::{Outcome, Queue, Receipt, Task};
 
 /// Kills a process group when dropped (the task's future was dropped or timed out).
@@ -30,13 +32,18 @@ impl Drop for GroupGuard {
 pub struct CommandExecutor {
     queue: Arc<Queue>,
     result_max: usize,
+    log_limits: LogLimits,
 }
 
 impl CommandExecutor {
-    /// An executor that writes stderr lines through `queue` and keeps `result_max` bytes of
-    /// stdout.
-    pub fn new(queue: Arc<Queue>, result_max: usize) -> Self {
-        CommandExecutor { queue, result_max }
+    /// An executor that writes stderr lines through `queue` within `log_limits` and keeps
+    /// `result_max` bytes of stdout.
+    pub fn new(queue: Arc<Queue>, result_max: usize, log_limits: LogLimits) -> Self {
+        CommandExecutor {
+            queue,
+            result_max,
+            log_limits,
+        }
     }
 
     /// Runs one attempt of `task`, whose handler is `handler`.
@@ -119,30 +126,10 @@ impl CommandExecutor {
         };
         let stderr = child.stderr.take();
         let queue = Arc::clone(&self.queue);
-        let task_id = task.id;
+        let (task_id, limits) = (task.id, self.log_limits);
         let forward_stderr = async move {
-            let Some(err) = stderr else { return };
-            let mut lines = BufReader::new(err).lines();
-            let mut batch = Vec::new();
-            loop {
-                let next =
-                    tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
-                match next {
-                    Ok(Ok(Some(line))) => {
-                        batch.push(line);
-                        if batch.len() < 64 {
-                            continue;
-                        }
-                    }
-                    Ok(_) => break,
-                    Err(_) => {} // quiet for a moment: flush what there is
-                }
-                if !batch.is_empty() {
-                    let _ = queue.append_logs(task_id, std::mem::take(&mut batch)).await;
-                }
-            }
-            if !batch.is_empty() {
-                let _ = queue.append_logs(task_id, batch).await;
+            if let Some(err) = stderr {
+                stderr::forward(BufReader::new(err), queue, task_id, limits).await;
             }
         };
         let timeout = Duration::from_millis(task.timeout_ms.max(1));

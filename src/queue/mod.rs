@@ -200,9 +200,19 @@ impl Queue {
         self.read(move |t| list_tasks(t, &filter)).await
     }
 
-    /// Log lines of a task from line `from` on.
-    pub async fn logs(&self, id: Uuid, from: u32) -> Result<Vec<(u32, String)>, QueueError> {
-        self.read(move |t| t.log_lines(id, from)).await
+    /// At most `limit` log lines of a task, from line `from` on.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, String)>, QueueError> {
+        self.read(move |t| t.log_lines(id, from, limit)).await
+    }
+
+    /// How many log lines a task has.
+    pub async fn log_count(&self, id: Uuid) -> Result<u32, QueueError> {
+        self.read(move |t| t.next_log_line(id)).await
     }
 
     /// Appends log lines to a running task.

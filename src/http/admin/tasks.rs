@@ -490,6 +490,21 @@ pub struct TaskPage {
     attempts: Vec<AttemptRow>,
     logs: Vec<(u32, String)>,
     next_line: u32,
+    /// `log_from` of the previous page of log lines, when this is not the first.
+    earlier_logs: Option<u32>,
+    /// `log_from` of the next page, when more lines follow this page.
+    later_logs: Option<u32>,
+}
+
+/// Log lines shown on one task page.
+const LOG_PAGE: usize = 500;
+
+/// `GET /admin/tasks/{id}` query: which page of the log. Other parameters (the `msg` notice
+/// after a redirect, which the layout reads) are left to their readers.
+#[derive(Debug, Default, Deserialize)]
+pub struct TaskPageQuery {
+    /// The first log line shown (default 0).
+    log_from: Option<u32>,
 }
 
 fn task_id(raw: &str) -> Result<Uuid, AdminError> {
@@ -502,12 +517,18 @@ pub async fn detail(
     State(app): State<AppState>,
     ctx: Ctx,
     PagePath(id): PagePath<String>,
+    PageQuery(q): PageQuery<TaskPageQuery>,
 ) -> Result<TaskPage, AdminError> {
     let id = task_id(&id)?;
     let task = app.queue.get(id).await?;
-    let logs = app.queue.logs(id, 0).await?;
+    let log_from = q.log_from.unwrap_or(0);
+    let mut logs = app.queue.logs(id, log_from, LOG_PAGE + 1).await?;
+    let more = logs.len() > LOG_PAGE;
+    logs.truncate(LOG_PAGE);
     let now = app.clock.now_ms();
-    let next_line = logs.last().map_or(0, |(n, _)| n + 1);
+    let next_line = logs.last().map_or(log_from, |(n, _)| n + 1);
+    let later_logs = more.then_some(next_line);
+    let earlier_logs = (log_from > 0).then(|| log_from.saturating_sub(LOG_PAGE as u32));
     // The key that made it, by name when it is a key.
     let created_by = Uuid::parse_str(&task.created_by)
         .ok()
@@ -522,6 +543,8 @@ pub async fn detail(
         attempts: attempts(&task),
         logs,
         next_line,
+        earlier_logs,
+        later_logs,
     })
 }
 

@@ -336,8 +336,10 @@ pub struct TaskList {
 /// `GET /api/v1/tasks/{id}/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskLogs {
-    /// Lines from `from` on.
+    /// At most `limit` lines from `from` on.
     pub lines: Vec<LogLine>,
+    /// `from` for the next page (null when these are the last lines so far).
+    pub next_from: Option<u32>,
 }
 
 /// One log line of a task.
