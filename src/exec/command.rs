@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 use super::snapshot::HandlerSnapshot;
 use super::stderr::{self, LogLimits};
-use crate::queue::{Outcome, Queue, Receipt, Task};
+use crate::queue::{Outcome, Queue, Receipt, ResultForm, Task};
 
 /// Kills a process group when dropped (the task's future was dropped or timed out).
 struct GroupGuard(Option<i32>);
@@ -107,6 +107,7 @@ impl CommandExecutor {
         let result_max = self.result_max;
         let collect_stdout = async move {
             let mut tail: Vec<u8> = Vec::new();
+            let mut cut = false;
             if let Some(out) = stdout.as_mut() {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = out.read(&mut buf).await {
@@ -116,13 +117,15 @@ impl CommandExecutor {
                     tail.extend_from_slice(&buf[..n]);
                     if tail.len() > result_max * 2 {
                         tail.drain(..tail.len() - result_max);
+                        cut = true;
                     }
                 }
             }
             if tail.len() > result_max {
                 tail.drain(..tail.len() - result_max);
+                cut = true;
             }
-            String::from_utf8_lossy(&tail).into_owned()
+            (String::from_utf8_lossy(&tail).into_owned(), cut)
         };
         let stderr = child.stderr.take();
         let queue = Arc::clone(&self.queue);
@@ -134,9 +137,9 @@ impl CommandExecutor {
         };
         let timeout = Duration::from_millis(task.timeout_ms.max(1));
         let run = async {
-            let (_, result, _, status) =
+            let (_, (result, cut), _, status) =
                 tokio::join!(feed, collect_stdout, forward_stderr, child.wait());
-            (result, status)
+            (result, cut, status)
         };
         match tokio::time::timeout(timeout, run).await {
             Err(_) => Outcome::Retry {
@@ -148,17 +151,21 @@ impl CommandExecutor {
                 retry_after_ms: None,
                 receipt: None,
             },
-            Ok((result, Err(e))) => Outcome::Retry {
+            Ok((result, _, Err(e))) => Outcome::Retry {
                 class: "wait_failed".into(),
                 message: format!("waiting for {program} failed: {e}"),
                 retry_after_ms: None,
                 receipt: Some(receipt(None, started, &result)),
             },
-            Ok((result, Ok(status))) if status.success() => Outcome::Succeeded {
+            Ok((result, cut, Ok(status))) if status.success() => Outcome::Succeeded {
                 receipt: Some(receipt(Some(0), started, &result)),
                 result: Some(result),
+                form: ResultForm {
+                    truncated: cut,
+                    base64: false,
+                },
             },
-            Ok((result, Ok(status))) => Outcome::Retry {
+            Ok((result, _, Ok(status))) => Outcome::Retry {
                 class: "exit_code".into(),
                 message: match status.code() {
                     Some(code) => format!("{program} exited with code {code}"),

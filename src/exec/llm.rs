@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::answer::cut;
 use super::http::retry_after_ms;
 use super::snapshot::HandlerSnapshot;
 use crate::budget::{Budgets, Refusal, Spend, cost_micros, estimate_prompt_tokens};
@@ -124,17 +125,6 @@ fn error_text(answer: Option<&Value>, raw: &str) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| raw.to_string());
     cut(text.trim(), 300)
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 /// What came back from the blocking call.
@@ -358,10 +348,15 @@ impl LlmExecutor {
         });
         match status {
             200..=299 => match parsed.as_ref().and_then(content_of) {
-                Some(content) => Outcome::Succeeded {
-                    result: Some(cut(&content, self.result_max)),
-                    receipt,
-                },
+                Some(content) => {
+                    let (result, form) =
+                        super::answer::keep(content.into_bytes(), false, self.result_max);
+                    Outcome::Succeeded {
+                        result: Some(result),
+                        form,
+                        receipt,
+                    }
+                }
                 None => Outcome::Retry {
                     class: "bad_response".into(),
                     message: format!(

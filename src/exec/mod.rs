@@ -6,6 +6,7 @@
 //! Once the queue recorded the outcome of an http task, its delivery is published on the event
 //! bus ([`Event::DeliveryConfirmed`] or [`Event::DeliveryFailed`]).
 
+pub mod answer;
 pub mod circuit;
 pub mod command;
 pub mod http;

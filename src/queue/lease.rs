@@ -7,7 +7,9 @@ use std::collections::BinaryHeap;
 
 use uuid::Uuid;
 
-use super::model::{Attempt, Completion, Lease, LeaseRequest, Outcome, Receipt, Status, Task};
+use super::model::{
+    Attempt, Completion, Lease, LeaseRequest, Outcome, Receipt, ResultForm, Status, Task,
+};
 use super::tables::{ReadableTables, Tables};
 use super::{PROMOTE_LIMIT, Queue, QueueError, indexes};
 use crate::clock::Millis;
@@ -216,9 +218,18 @@ pub(super) fn finish_attempt(
         }
     };
     let next = match outcome {
-        Outcome::Succeeded { result, receipt } => {
+        Outcome::Succeeded {
+            result,
+            form,
+            receipt,
+        } => {
             record("succeeded", None, None, receipt, true);
+            let cut_here = result.as_ref().is_some_and(|r| r.len() > result_max);
             task.result = result.map(|r| cap(r, result_max));
+            task.result_form = ResultForm {
+                truncated: form.truncated || cut_here,
+                ..form
+            };
             Status::Succeeded
         }
         Outcome::Cancelled => {

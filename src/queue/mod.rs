@@ -40,8 +40,8 @@ use tables::{ReadTables, ReadableTables, Tables};
 pub use dlq::{DlqStats, DrainReport};
 pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
 pub use model::{
-    Attempt, Completion, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt, Snapshot,
-    Status, Task, TaskFilter, TaskPage,
+    Attempt, Completion, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt, ResultForm,
+    Snapshot, Status, Task, TaskFilter, TaskPage,
 };
 
 /// Errors of the queue room.

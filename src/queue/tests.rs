@@ -365,6 +365,7 @@ async fn transitions_are_published_after_they_are_readable() {
     assert_eq!(acked.recv().await.unwrap().status, Status::Running);
     let done = Outcome::Succeeded {
         result: Some("ok".into()),
+        form: Default::default(),
         receipt: None,
     };
     queue.complete(task.id, lease.id, done).await.unwrap();

@@ -130,3 +130,92 @@ echo done"#,
         page.body
     );
 }
+
+/// A local HTTP server that answers every request with 200 and the body its path names
+/// (`/text`: 2,000 bytes of "é"; `/binary`: 50 bytes 0xff), then closes the connection.
+fn answer_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, BufReader, Read, Write};
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0usize;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let answer: Vec<u8> = if request_line.contains("/binary") {
+                    vec![0xff; 50]
+                } else {
+                    "é".repeat(1000).into_bytes()
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&answer);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// An http answer over `queue.result_max_bytes` keeps its first bytes, cut on a character
+/// boundary, and the task says `result_truncated`; a binary answer is kept as base64. Both
+/// before this were an empty result.
+#[test]
+fn large_and_binary_http_answers_are_kept_in_part_and_marked() {
+    let base = answer_server();
+    let app = TestApp::start_with(|c| {
+        c.queue.result_max_bytes = 1001;
+        for (task_type, path) in [("text", "/text"), ("binary", "/binary")] {
+            let handler: HandlerConfig = toml::from_str(&format!(
+                "kind = \"http\"\nurl = \"{base}{path}\"\nmax_attempts = 1"
+            ))
+            .expect("an http handler");
+            c.handlers.insert(task_type.into(), handler);
+        }
+    });
+    let t = run_to_end(&app, "text");
+    assert_eq!(t["status"], "succeeded", "{t}");
+    // 1001 bytes would split the 501st "é": 500 of them are kept.
+    assert_eq!(t["result"], "é".repeat(500));
+    assert_eq!(t["result_truncated"], true, "{t}");
+    assert_eq!(t["result_base64"], false, "{t}");
+
+    let t = run_to_end(&app, "binary");
+    assert_eq!(t["status"], "succeeded", "{t}");
+    let expected = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0xff; 50]);
+    assert_eq!(t["result"], expected.as_str());
+    assert_eq!(t["result_truncated"], false, "{t}");
+    assert_eq!(t["result_base64"], true, "{t}");
+
+    let admin = Client::sign_in(&app.base, &app.admin_key);
+    let listed = app.admin_get("/api/v1/tasks?type=text");
+    let id = listed.json()["tasks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let page = admin.get(&format!("/admin/tasks/{id}"));
+    assert!(
+        page.body.contains("data-result-note>Truncated"),
+        "{}",
+        page.body
+    );
+}

@@ -375,6 +375,8 @@ pub struct TaskView {
     pub payload: String,
     /// The result, pretty-printed.
     pub result: Option<String>,
+    /// How the result holds the answer, when not whole text.
+    pub result_note: Option<&'static str>,
     /// Whether it will not change any more.
     pub finished: bool,
 }
@@ -439,6 +441,14 @@ fn view(t: &Task, now: i64, created_by: String) -> TaskView {
         handler: handler_summary(t),
         payload: pretty_json(&t.payload),
         result: t.result.as_deref().map(pretty_json),
+        result_note: match (t.result_form.truncated, t.result_form.base64) {
+            (false, false) => None,
+            (true, false) => Some("Truncated: the answer was longer than queue.result_max_bytes."),
+            (false, true) => Some("Base64: the answer was not UTF-8."),
+            (true, true) => Some(
+                "Base64 and truncated: the answer was not UTF-8 and longer than queue.result_max_bytes.",
+            ),
+        },
         finished: t.status.is_final(),
     }
 }

@@ -242,6 +242,11 @@ pub struct Task {
     pub attempts: Vec<Attempt>,
     /// The result text of a successful attempt.
     pub result: Option<String>,
+    /// The answer was longer than `queue.result_max_bytes`: `result` holds its first bytes (the
+    /// tail of a command's stdout).
+    pub result_truncated: bool,
+    /// The answer was not UTF-8: `result` is its bytes in base64.
+    pub result_base64: bool,
     /// Whether a cancellation was asked for.
     pub cancel_requested: bool,
 }
@@ -268,6 +273,8 @@ impl From<&queue::Task> for Task {
             handler: TaskHandler::of(t),
             attempts: t.attempts.iter().map(Attempt::from).collect(),
             result: t.result.clone(),
+            result_truncated: t.result_form.truncated,
+            result_base64: t.result_form.base64,
             cancel_requested: t.cancel_requested,
         }
     }
