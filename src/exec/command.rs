@@ -2,7 +2,8 @@
 //! working dir and an environment allowlist; the payload goes to stdin; exit 0 succeeds with
 //! the tail of stdout as the result; stderr lines go to the task's log within its limits
 //! ([`stderr`]). The whole process
-//! group is killed on timeout, cancellation or shutdown.
+//! group is killed on timeout, cancellation or shutdown; the program dies with keel, and its
+//! group is recorded while it runs so that the next start kills what is left ([`orphans`]).
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -10,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
+use super::orphans;
 use super::snapshot::HandlerSnapshot;
 use super::stderr::{self, LogLimits};
+use crate::clock::SharedClock;
 use crate::queue::{Outcome, Queue, Receipt, ResultForm, Task};
+use crate::store::Store;
 
 /// Kills a process group when dropped (the task's future was dropped or timed out).
 struct GroupGuard(Option<i32>);
@@ -31,16 +35,26 @@ impl Drop for GroupGuard {
 /// Runs tasks as local programs.
 pub struct CommandExecutor {
     queue: Arc<Queue>,
+    store: Arc<Store>,
+    clock: SharedClock,
     result_max: usize,
     log_limits: LogLimits,
 }
 
 impl CommandExecutor {
-    /// An executor that writes stderr lines through `queue` within `log_limits` and keeps
-    /// `result_max` bytes of stdout.
-    pub fn new(queue: Arc<Queue>, result_max: usize, log_limits: LogLimits) -> Self {
+    /// An executor that writes stderr lines through `queue` within `log_limits`, keeps
+    /// `result_max` bytes of stdout, and records running process groups in `store`.
+    pub fn new(
+        queue: Arc<Queue>,
+        store: Arc<Store>,
+        clock: SharedClock,
+        result_max: usize,
+        log_limits: LogLimits,
+    ) -> Self {
         CommandExecutor {
             queue,
+            store,
+            clock,
             result_max,
             log_limits,
         }
@@ -80,6 +94,11 @@ impl CommandExecutor {
         if let Some(dir) = working_dir {
             command.current_dir(dir);
         }
+        let keel = std::process::id() as libc::pid_t;
+        // SAFETY: the hook only makes async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || orphans::die_with_parent(keel));
+        }
         let started = Instant::now();
         let mut child = match command.spawn() {
             Ok(c) => c,
@@ -92,7 +111,18 @@ impl CommandExecutor {
                 };
             }
         };
-        let _group = GroupGuard(child.id().map(|pid| pid as i32));
+        let pgid = child.id().map(|pid| pid as i32);
+        let _group = GroupGuard(pgid);
+        let tracked = match pgid {
+            Some(pgid) => match orphans::track(&self.store, &self.clock, task.id, pgid).await {
+                Ok(tracked) => Some(tracked),
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "cannot record a running command's process group");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut stdin = child.stdin.take();
         let payload = task.payload.clone().into_bytes();
         let feed = async move {
@@ -140,6 +170,15 @@ impl CommandExecutor {
             let (_, (result, cut), _, status) =
                 tokio::join!(feed, collect_stdout, forward_stderr, child.wait());
             (result, cut, status)
+        };
+        let run = async {
+            let Some(tracked) = &tracked else {
+                return run.await;
+            };
+            tokio::select! {
+                ended = run => ended,
+                never = tracked.keep_seen(&self.clock) => match never {},
+            }
         };
         match tokio::time::timeout(timeout, run).await {
             Err(_) => Outcome::Retry {

@@ -12,6 +12,7 @@ pub mod command;
 pub mod http;
 pub mod llm;
 pub mod model;
+pub mod orphans;
 pub mod snapshot;
 pub mod stderr;
 mod tables;
@@ -79,6 +80,8 @@ impl Dispatcher {
             http: HttpExecutor::new(Arc::clone(&clock), result_max),
             command: CommandExecutor::new(
                 Arc::clone(&queue),
+                Arc::clone(&store),
+                Arc::clone(&clock),
                 result_max,
                 stderr::LogLimits::from(&config.exec),
             ),

@@ -3,7 +3,7 @@
 //! ended with retries and backoff, and taking back the leases of a process that is gone.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use uuid::Uuid;
 
@@ -69,8 +69,13 @@ impl Queue {
     }
 
     /// After a restart every lease belongs to a process that is gone (the database admits one
-    /// process): their tasks run again at once, without using an attempt.
-    pub async fn recover_interrupted(&self) -> Result<usize, QueueError> {
+    /// process): their tasks run again at once, without using an attempt. `stopped_at` says,
+    /// for the tasks whose executor knows it, when the interrupted attempt really stopped
+    /// (otherwise: now).
+    pub async fn recover_interrupted(
+        &self,
+        stopped_at: HashMap<Uuid, Millis>,
+    ) -> Result<usize, QueueError> {
         let now = self.clock.now_ms();
         let policy = RetryPolicy::from_config(&self.config);
         let result_max = self.config.queue.result_max_bytes;
@@ -88,6 +93,12 @@ impl Queue {
                             &policy,
                             result_max,
                         )?;
+                        if let Some(&stopped) = stopped_at.get(&task.id)
+                            && let Some(attempt) = task.attempts.last_mut()
+                        {
+                            attempt.finished_at = Some(stopped.clamp(attempt.started_at, now));
+                            t.save(&task)?;
+                        }
                         recovered.push(task);
                     }
                 }

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -314,6 +314,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_llm_and_workflow_tables,
     create_admin_session_tables,
     create_cycles_tables,
+    create_running_commands_table,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -355,6 +356,11 @@ fn create_llm_and_workflow_tables(tx: &WriteTransaction) -> Result<(), StoreErro
 
 fn create_admin_session_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::auth::ADMIN_SESSIONS)?;
+    Ok(())
+}
+
+fn create_running_commands_table(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::exec::RUNNING_COMMANDS)?;
     Ok(())
 }
 
