@@ -51,7 +51,7 @@ pub use llm::{LlmConfig, LlmProviderConfig, usd_to_micros};
 pub use load::LoadOptions;
 pub use metrics::MetricsConfig;
 pub use queue::QueueConfig;
-pub use secret::Secret;
+pub use secret::{Secret, redact_url};
 pub use server::{LogConfig, LogFormat, ServerConfig, ShutdownConfig};
 pub use store::StoreConfig;
 
@@ -165,9 +165,22 @@ impl Config {
         self.validate_cycles()
     }
 
-    /// The effective configuration as TOML, with secrets shown as `***`.
+    /// The effective configuration as TOML, with secrets shown as `***` and every URL through
+    /// [`redact_url`].
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self)
+        let mut shown = self.clone();
+        for handler in shown.handlers.values_mut() {
+            if let HandlerConfig::Http(h) = handler {
+                h.url = redact_url(&h.url);
+            }
+        }
+        for endpoint in shown.dispatch.endpoints.values_mut() {
+            endpoint.url = redact_url(&endpoint.url);
+        }
+        for provider in shown.llm.providers.values_mut() {
+            provider.base_url = redact_url(&provider.base_url);
+        }
+        toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::answer;
 use super::snapshot::{HandlerSnapshot, url_host};
 use crate::clock::SharedClock;
+use crate::config::redact_url;
 use crate::queue::{Outcome, Receipt, ResultForm, Task};
 
 /// Bytes of an answer kept in a receipt.
@@ -175,6 +176,7 @@ impl HttpExecutor {
             }
         };
         let latency_ms = latency.as_millis() as u64;
+        let shown = redact_url(url);
         match answer {
             Ok((status, retry_after, body, partial)) => {
                 let receipt = Some(Receipt {
@@ -202,7 +204,7 @@ impl HttpExecutor {
                             429 => "http_429".into(),
                             _ => "http_5xx".into(),
                         },
-                        message: format!("{method} {url} answered {status}"),
+                        message: format!("{method} {shown} answered {status}"),
                         retry_after_ms: retry_after,
                         receipt,
                     },
@@ -212,7 +214,7 @@ impl HttpExecutor {
                         } else {
                             format!("http_{status}")
                         },
-                        message: format!("{method} {url} answered {status}"),
+                        message: format!("{method} {shown} answered {status}"),
                         receipt,
                     },
                 }
@@ -227,7 +229,10 @@ impl HttpExecutor {
                 };
                 Outcome::Retry {
                     class: class.into(),
-                    message: format!("{method} {url}: {e}"),
+                    message: format!(
+                        "{method} {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     retry_after_ms: None,
                     receipt: Some(Receipt {
                         status: None,

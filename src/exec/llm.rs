@@ -25,6 +25,7 @@ use super::http::retry_after_ms;
 use super::snapshot::HandlerSnapshot;
 use crate::budget::{Budgets, Refusal, Spend, cost_micros, estimate_prompt_tokens};
 use crate::clock::SharedClock;
+use crate::config::redact_url;
 use crate::queue::{Outcome, Receipt, Task};
 
 /// Bytes of an answer kept in a receipt.
@@ -228,6 +229,7 @@ impl LlmExecutor {
             }
         };
         let url = format!("{base_url}/chat/completions");
+        let shown = redact_url(&url);
         let body = json!({
             "model": model,
             "messages": chat.messages,
@@ -247,7 +249,10 @@ impl LlmExecutor {
             Err(e) => {
                 return Outcome::Fail {
                     class: "bad_request".into(),
-                    message: format!("cannot build the request to {url}: {e}"),
+                    message: format!(
+                        "cannot build the request to {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     receipt: None,
                 };
             }
@@ -330,7 +335,10 @@ impl LlmExecutor {
                 };
                 return Outcome::Retry {
                     class: class.into(),
-                    message: format!("POST {url}: {e}"),
+                    message: format!(
+                        "POST {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     retry_after_ms: None,
                     receipt: Some(Receipt {
                         status: None,
@@ -360,7 +368,7 @@ impl LlmExecutor {
                 None => Outcome::Retry {
                     class: "bad_response".into(),
                     message: format!(
-                        "POST {url} answered {status} without choices[0].message: {}",
+                        "POST {shown} answered {status} without choices[0].message: {}",
                         cut(answer.text.trim(), 300)
                     ),
                     retry_after_ms: None,
@@ -374,7 +382,7 @@ impl LlmExecutor {
                     _ => "http_5xx".into(),
                 },
                 message: format!(
-                    "POST {url} answered {status}: {}",
+                    "POST {shown} answered {status}: {}",
                     error_text(parsed.as_ref(), &answer.text)
                 ),
                 retry_after_ms: answer.retry_after,
@@ -387,7 +395,7 @@ impl LlmExecutor {
                     format!("http_{status}")
                 },
                 message: format!(
-                    "POST {url} answered {status}: {}",
+                    "POST {shown} answered {status}: {}",
                     error_text(parsed.as_ref(), &answer.text)
                 ),
                 receipt,

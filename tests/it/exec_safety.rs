@@ -219,3 +219,56 @@ fn large_and_binary_http_answers_are_kept_in_part_and_marked() {
         page.body
     );
 }
+
+/// A handler URL with userinfo and a query token is shown redacted everywhere: the task API
+/// and the task page for a viewer, the attempt's error message, and the settings page.
+#[test]
+fn secrets_in_handler_urls_are_never_shown() {
+    let closed = crate::receiver::closed_port_url();
+    let url =
+        closed.replacen("http://", "http://hook-user:hook-pass-8c1e@", 1) + "?token=tok-4f2a9b&v=1";
+    let app = TestApp::start_with(|c| {
+        let handler: HandlerConfig = toml::from_str(&format!(
+            "kind = \"http\"\nurl = \"{url}\"\nmax_attempts = 1"
+        ))
+        .expect("an http handler");
+        c.handlers.insert("hook".into(), handler);
+    });
+    let t = run_to_end(&app, "hook");
+    assert_eq!(t["status"], "dead", "{t}");
+    let id = t["id"].as_str().unwrap().to_string();
+    let secrets = ["hook-user", "hook-pass-8c1e", "tok-4f2a9b"];
+
+    let viewer = app.create_key("viewer");
+    let r = app.get(&format!("/api/v1/tasks/{id}"), Some(&viewer));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let shown = r.json()["task"]["handler"]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    assert!(
+        shown.contains("://***@127.0.0.1:") && shown.ends_with("/hook?token=***&v=***"),
+        "{shown}"
+    );
+    let message = r.json()["task"]["attempts"][0]["error_message"]
+        .as_str()
+        .expect("an error message")
+        .to_string();
+    assert!(message.contains(&shown), "{message}");
+
+    let viewer_page = Client::sign_in(&app.base, &viewer).get(&format!("/admin/tasks/{id}"));
+    assert_eq!(viewer_page.status, 200, "{}", viewer_page.body);
+    let settings = Client::sign_in(&app.base, &app.admin_key).get("/admin/settings");
+    assert_eq!(settings.status, 200, "{}", settings.body);
+    let list = app.get("/api/v1/tasks", Some(&viewer));
+    for (what, body) in [
+        ("task", &r.body),
+        ("task page", &viewer_page.body),
+        ("settings", &settings.body),
+        ("task list", &list.body),
+    ] {
+        for secret in secrets {
+            assert!(!body.contains(secret), "the {what} shows {secret}: {body}");
+        }
+    }
+}

@@ -16,6 +16,7 @@ use super::{
     AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
     time_opt,
 };
+use crate::config::redact_url;
 use crate::exec::HandlerSnapshot;
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -383,7 +384,9 @@ pub struct TaskView {
 
 fn handler_summary(t: &Task) -> String {
     match HandlerSnapshot::of(t) {
-        Ok(HandlerSnapshot::Http { url, method, .. }) => format!("http {method} {url}"),
+        Ok(HandlerSnapshot::Http { url, method, .. }) => {
+            format!("http {method} {}", redact_url(&url))
+        }
         Ok(HandlerSnapshot::Command { program, args, .. }) => {
             format!("command {program} {}", args.join(" "))
         }

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Timestamp, time_opt};
+use crate::config::redact_url;
 use crate::exec::HandlerSnapshot;
 use crate::exec::circuit::CircuitView;
 use crate::queue;
@@ -106,7 +107,7 @@ impl From<&HandlerSnapshot> for TaskHandler {
     fn from(h: &HandlerSnapshot) -> Self {
         match h {
             HandlerSnapshot::Http { url, method, .. } => TaskHandler::Http {
-                url: url.clone(),
+                url: redact_url(url),
                 method: method.clone(),
             },
             HandlerSnapshot::Command { program, args, .. } => TaskHandler::Command {
