@@ -242,7 +242,9 @@ impl App {
                 "no API keys existed: created an admin key and wrote it to this file (mode 0600); read it, store it safely, then delete the file"
             );
         }
-        let interrupted = core.queue.recover_interrupted().await?;
+        // Commands the last keel left running are killed before their tasks run again.
+        let stopped_at = crate::exec::orphans::reap(&core.store, &core.clock).await?;
+        let interrupted = core.queue.recover_interrupted(stopped_at).await?;
         if interrupted > 0 {
             tracing::warn!(
                 tasks = interrupted,

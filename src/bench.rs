@@ -402,6 +402,7 @@ async fn drain_in_process(dir: &Path, sink: &str, each: Duration) -> anyhow::Res
                     completions.spawn(async move {
                         let outcome = Outcome::Succeeded {
                             result: None,
+                            form: Default::default(),
                             receipt: None,
                         };
                         queue.complete(task.id, lease, outcome).await

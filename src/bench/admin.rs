@@ -133,6 +133,7 @@ async fn fill_tasks(core: &crate::app::Core, n: usize) -> anyhow::Result<()> {
             } else {
                 Outcome::Succeeded {
                     result: Some("{\"ok\":true}".into()),
+                    form: Default::default(),
                     receipt: Some(Receipt {
                         status: Some(200),
                         latency_ms: 12,

@@ -148,6 +148,7 @@ async fn lifecycle(
                     completions.spawn(async move {
                         let outcome = Outcome::Succeeded {
                             result: None,
+                            form: Default::default(),
                             receipt: None,
                         };
                         queue.complete(task.id, lease, outcome).await

@@ -1,5 +1,6 @@
-//! `[handlers.<type>]` and `[circuit]`: how each task type is executed (http, command, llm,
-//! workflow) and the circuit breakers in front of task targets.
+//! `[handlers.<type>]`, `[exec]` and `[circuit]`: how each task type is executed (http, command,
+//! llm, workflow), what its executors keep of a run, and the circuit breakers in front of task
+//! targets.
 
 use std::path::PathBuf;
 
@@ -8,6 +9,43 @@ use serde::{Deserialize, Serialize};
 use super::error::{ConfigError, at_least, between, check_http_target, invalid, names_or_none};
 use super::{Config, Secret};
 use crate::template::{Placeholder, template_placeholders};
+
+/// `[exec]`: limits on what the executors keep of a task's runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecConfig {
+    /// Most log lines (command stderr) stored per task over all its attempts; later lines are
+    /// counted and dropped.
+    pub log_max_lines_per_task: u32,
+    /// Longest stored log line, in bytes; the rest of a longer line is counted and dropped.
+    pub log_line_max_bytes: usize,
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        Self {
+            log_max_lines_per_task: 1000,
+            log_line_max_bytes: 4096,
+        }
+    }
+}
+
+impl ExecConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        between(
+            "exec.log_max_lines_per_task",
+            u64::from(self.log_max_lines_per_task),
+            1,
+            1_000_000,
+        )?;
+        between(
+            "exec.log_line_max_bytes",
+            self.log_line_max_bytes as u64,
+            64,
+            1 << 20,
+        )
+    }
+}
 
 /// `[circuit]`: circuit breakers per target (URL host, provider, command handler).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,15 +43,15 @@ pub use cycles::{
 };
 pub use error::ConfigError;
 pub use exec::{
-    CircuitConfig, CommandHandlerConfig, HandlerConfig, HttpHandlerConfig, LlmHandlerConfig,
-    WorkflowHandlerConfig, WorkflowStepConfig,
+    CircuitConfig, CommandHandlerConfig, ExecConfig, HandlerConfig, HttpHandlerConfig,
+    LlmHandlerConfig, WorkflowHandlerConfig, WorkflowStepConfig,
 };
 pub use inbox::{InboxConfig, InboxScheme, InboxSourceConfig};
 pub use llm::{LlmConfig, LlmProviderConfig, usd_to_micros};
 pub use load::LoadOptions;
 pub use metrics::MetricsConfig;
 pub use queue::QueueConfig;
-pub use secret::Secret;
+pub use secret::{Secret, redact_url};
 pub use server::{LogConfig, LogFormat, ServerConfig, ShutdownConfig};
 pub use store::StoreConfig;
 
@@ -95,6 +95,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The task queue.
     pub queue: QueueConfig,
+    /// Limits on what executors keep of a task's runs.
+    pub exec: ExecConfig,
     /// Circuit breakers in front of task targets.
     pub circuit: CircuitConfig,
     /// How each task type is executed, by type name.
@@ -127,6 +129,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
             queue: QueueConfig::default(),
+            exec: ExecConfig::default(),
             circuit: CircuitConfig::default(),
             handlers: BTreeMap::new(),
             inbox: InboxConfig::default(),
@@ -154,6 +157,7 @@ impl Config {
         self.metrics.validate()?;
         self.shutdown.validate()?;
         self.queue.validate()?;
+        self.exec.validate()?;
         self.circuit.validate()?;
         self.llm.validate()?;
         self.validate_handlers()?;
@@ -161,9 +165,22 @@ impl Config {
         self.validate_cycles()
     }
 
-    /// The effective configuration as TOML, with secrets shown as `***`.
+    /// The effective configuration as TOML, with secrets shown as `***` and every URL through
+    /// [`redact_url`].
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string(self)
+        let mut shown = self.clone();
+        for handler in shown.handlers.values_mut() {
+            if let HandlerConfig::Http(h) = handler {
+                h.url = redact_url(&h.url);
+            }
+        }
+        for endpoint in shown.dispatch.endpoints.values_mut() {
+            endpoint.url = redact_url(&endpoint.url);
+        }
+        for provider in shown.llm.providers.values_mut() {
+            provider.base_url = redact_url(&provider.base_url);
+        }
+        toml::to_string(&shown)
             .unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
 

@@ -1,5 +1,6 @@
 //! The secret string type of the configuration: it prints as `***` everywhere (`Debug`,
-//! `Display`, `Serialize`), and reading it never echoes a rejected value.
+//! `Display`, `Serialize`), and reading it never echoes a rejected value; and [`redact_url`],
+//! the one way a URL that may carry a secret is shown or logged.
 
 use std::fmt;
 
@@ -102,5 +103,59 @@ impl Secret {
     /// Whether the value is the redaction placeholder itself (copied from printed output).
     pub fn is_redaction(&self) -> bool {
         self.0 == REDACTED
+    }
+}
+/// `url` fit to show or log: userinfo becomes `***@`, every query value and a fragment `***`
+/// (webhook URLs often carry their token there). Scheme, host, port and path stay.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{REDACTED}@{host}"),
+        None => authority.to_string(),
+    };
+    let (tail, fragment) = match tail.split_once('#') {
+        Some((tail, _)) => (tail, format!("#{REDACTED}")),
+        None => (tail, String::new()),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _)) => format!("{name}={REDACTED}"),
+                    None if pair.is_empty() => String::new(),
+                    None => REDACTED.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}{fragment}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn userinfo_query_values_and_fragments_are_redacted() {
+        assert_eq!(
+            redact_url("https://user:pass@hooks.example.com:8443/a/b?token=s3cret&x=1&flag#frag"),
+            "https://***@hooks.example.com:8443/a/b?token=***&x=***&***#***"
+        );
+        assert_eq!(
+            redact_url("http://example.com/path"),
+            "http://example.com/path"
+        );
+        assert_eq!(
+            redact_url("https://a@b@example.com?k="),
+            "https://***@example.com?k=***"
+        );
     }
 }

@@ -326,6 +326,7 @@ mod tests {
         let lease = leased[0].lease.expect("leased").id;
         let outcome = Outcome::Succeeded {
             result: Some("{\"worked\": true}".into()),
+            form: Default::default(),
             receipt: None,
         };
         queue.complete(step, lease, outcome).await.unwrap();

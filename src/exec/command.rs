@@ -1,16 +1,22 @@
 //! The command executor: runs a local program (argv, no shell) in its own process group with a
 //! working dir and an environment allowlist; the payload goes to stdin; exit 0 succeeds with
-//! the tail of stdout as the result; stderr lines go to the task's log. The whole process
-//! group is killed on timeout, cancellation or shutdown.
+//! the tail of stdout as the result; stderr lines go to the task's log within its limits
+//! ([`stderr`]). The whole process
+//! group is killed on timeout, cancellation or shutdown; the program dies with keel, and its
+//! group is recorded while it runs so that the next start kills what is left ([`orphans`]).
 
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
+use super::orphans;
 use super::snapshot::HandlerSnapshot;
-use crate::queue::{Outcome, Queue, Receipt, Task};
+use super::stderr::{self, LogLimits};
+use crate::clock::SharedClock;
+use crate::queue::{Outcome, Queue, Receipt, ResultForm, Task};
+use crate::store::Store;
 
 /// Kills a process group when dropped (the task's future was dropped or timed out).
 struct GroupGuard(Option<i32>);
@@ -29,14 +35,29 @@ impl Drop for GroupGuard {
 /// Runs tasks as local programs.
 pub struct CommandExecutor {
     queue: Arc<Queue>,
+    store: Arc<Store>,
+    clock: SharedClock,
     result_max: usize,
+    log_limits: LogLimits,
 }
 
 impl CommandExecutor {
-    /// An executor that writes stderr lines through `queue` and keeps `result_max` bytes of
-    /// stdout.
-    pub fn new(queue: Arc<Queue>, result_max: usize) -> Self {
-        CommandExecutor { queue, result_max }
+    /// An executor that writes stderr lines through `queue` within `log_limits`, keeps
+    /// `result_max` bytes of stdout, and records running process groups in `store`.
+    pub fn new(
+        queue: Arc<Queue>,
+        store: Arc<Store>,
+        clock: SharedClock,
+        result_max: usize,
+        log_limits: LogLimits,
+    ) -> Self {
+        CommandExecutor {
+            queue,
+            store,
+            clock,
+            result_max,
+            log_limits,
+        }
     }
 
     /// Runs one attempt of `task`, whose handler is `handler`.
@@ -73,6 +94,11 @@ impl CommandExecutor {
         if let Some(dir) = working_dir {
             command.current_dir(dir);
         }
+        let keel = std::process::id() as libc::pid_t;
+        // SAFETY: the hook only makes async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || orphans::die_with_parent(keel));
+        }
         let started = Instant::now();
         let mut child = match command.spawn() {
             Ok(c) => c,
@@ -85,7 +111,18 @@ impl CommandExecutor {
                 };
             }
         };
-        let _group = GroupGuard(child.id().map(|pid| pid as i32));
+        let pgid = child.id().map(|pid| pid as i32);
+        let _group = GroupGuard(pgid);
+        let tracked = match pgid {
+            Some(pgid) => match orphans::track(&self.store, &self.clock, task.id, pgid).await {
+                Ok(tracked) => Some(tracked),
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "cannot record a running command's process group");
+                    None
+                }
+            },
+            None => None,
+        };
         let mut stdin = child.stdin.take();
         let payload = task.payload.clone().into_bytes();
         let feed = async move {
@@ -100,6 +137,7 @@ impl CommandExecutor {
         let result_max = self.result_max;
         let collect_stdout = async move {
             let mut tail: Vec<u8> = Vec::new();
+            let mut cut = false;
             if let Some(out) = stdout.as_mut() {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = out.read(&mut buf).await {
@@ -109,47 +147,38 @@ impl CommandExecutor {
                     tail.extend_from_slice(&buf[..n]);
                     if tail.len() > result_max * 2 {
                         tail.drain(..tail.len() - result_max);
+                        cut = true;
                     }
                 }
             }
             if tail.len() > result_max {
                 tail.drain(..tail.len() - result_max);
+                cut = true;
             }
-            String::from_utf8_lossy(&tail).into_owned()
+            (String::from_utf8_lossy(&tail).into_owned(), cut)
         };
         let stderr = child.stderr.take();
         let queue = Arc::clone(&self.queue);
-        let task_id = task.id;
+        let (task_id, limits) = (task.id, self.log_limits);
         let forward_stderr = async move {
-            let Some(err) = stderr else { return };
-            let mut lines = BufReader::new(err).lines();
-            let mut batch = Vec::new();
-            loop {
-                let next =
-                    tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await;
-                match next {
-                    Ok(Ok(Some(line))) => {
-                        batch.push(line);
-                        if batch.len() < 64 {
-                            continue;
-                        }
-                    }
-                    Ok(_) => break,
-                    Err(_) => {} // quiet for a moment: flush what there is
-                }
-                if !batch.is_empty() {
-                    let _ = queue.append_logs(task_id, std::mem::take(&mut batch)).await;
-                }
-            }
-            if !batch.is_empty() {
-                let _ = queue.append_logs(task_id, batch).await;
+            if let Some(err) = stderr {
+                stderr::forward(BufReader::new(err), queue, task_id, limits).await;
             }
         };
         let timeout = Duration::from_millis(task.timeout_ms.max(1));
         let run = async {
-            let (_, result, _, status) =
+            let (_, (result, cut), _, status) =
                 tokio::join!(feed, collect_stdout, forward_stderr, child.wait());
-            (result, status)
+            (result, cut, status)
+        };
+        let run = async {
+            let Some(tracked) = &tracked else {
+                return run.await;
+            };
+            tokio::select! {
+                ended = run => ended,
+                never = tracked.keep_seen(&self.clock) => match never {},
+            }
         };
         match tokio::time::timeout(timeout, run).await {
             Err(_) => Outcome::Retry {
@@ -161,17 +190,21 @@ impl CommandExecutor {
                 retry_after_ms: None,
                 receipt: None,
             },
-            Ok((result, Err(e))) => Outcome::Retry {
+            Ok((result, _, Err(e))) => Outcome::Retry {
                 class: "wait_failed".into(),
                 message: format!("waiting for {program} failed: {e}"),
                 retry_after_ms: None,
                 receipt: Some(receipt(None, started, &result)),
             },
-            Ok((result, Ok(status))) if status.success() => Outcome::Succeeded {
+            Ok((result, cut, Ok(status))) if status.success() => Outcome::Succeeded {
                 receipt: Some(receipt(Some(0), started, &result)),
                 result: Some(result),
+                form: ResultForm {
+                    truncated: cut,
+                    base64: false,
+                },
             },
-            Ok((result, Ok(status))) => Outcome::Retry {
+            Ok((result, _, Ok(status))) => Outcome::Retry {
                 class: "exit_code".into(),
                 message: match status.code() {
                     Some(code) => format!("{program} exited with code {code}"),

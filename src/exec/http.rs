@@ -1,7 +1,7 @@
 //! The http executor: POSTs a task's payload as JSON through ureq on the blocking pool, with a
 //! per-host concurrency cap, a bearer token, Standard Webhooks signature headers (`webhook-id`
 //! stable across retries), a timeout and no redirects; classifies the answer and keeps a
-//! receipt of it.
+//! receipt of it, and of a 2xx answer at most `queue.result_max_bytes` ([`answer`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +12,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
 
+use super::answer;
 use super::snapshot::{HandlerSnapshot, url_host};
 use crate::clock::SharedClock;
-use crate::queue::{Outcome, Receipt, Task};
+use crate::config::redact_url;
+use crate::queue::{Outcome, Receipt, ResultForm, Task};
 
 /// Bytes of an answer kept in a receipt.
 const RECEIPT_BYTES: usize = 1024;
@@ -58,17 +60,6 @@ pub(crate) fn retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     Some((at.timestamp_millis() - now_ms).max(0) as u64)
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 impl HttpExecutor {
@@ -166,13 +157,9 @@ impl HttpExecutor {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry_after_ms(v, now_ms));
-                let text = response
-                    .body_mut()
-                    .with_config()
-                    .limit(result_max as u64 + 1)
-                    .read_to_string()
-                    .unwrap_or_default();
-                (status, retry_after, text)
+                let (body, partial) =
+                    answer::read_capped(response.body_mut().as_reader(), result_max);
+                (status, retry_after, body, partial)
             });
             (answer, started.elapsed())
         })
@@ -189,25 +176,35 @@ impl HttpExecutor {
             }
         };
         let latency_ms = latency.as_millis() as u64;
+        let shown = redact_url(url);
         match answer {
-            Ok((status, retry_after, text)) => {
+            Ok((status, retry_after, body, partial)) => {
                 let receipt = Some(Receipt {
                     status: Some(status),
                     latency_ms,
-                    body_head: cut(&text, RECEIPT_BYTES),
+                    body_head: answer::cut(&String::from_utf8_lossy(&body), RECEIPT_BYTES),
                 });
                 match status {
-                    200..=299 => Outcome::Succeeded {
-                        result: (!text.is_empty()).then(|| cut(&text, result_max)),
+                    200..=299 if body.is_empty() => Outcome::Succeeded {
+                        result: None,
+                        form: ResultForm::default(),
                         receipt,
                     },
+                    200..=299 => {
+                        let (result, form) = answer::keep(body, partial, result_max);
+                        Outcome::Succeeded {
+                            result: Some(result),
+                            form,
+                            receipt,
+                        }
+                    }
                     408 | 429 | 500..=599 => Outcome::Retry {
                         class: match status {
                             408 => "http_408".into(),
                             429 => "http_429".into(),
                             _ => "http_5xx".into(),
                         },
-                        message: format!("{method} {url} answered {status}"),
+                        message: format!("{method} {shown} answered {status}"),
                         retry_after_ms: retry_after,
                         receipt,
                     },
@@ -217,7 +214,7 @@ impl HttpExecutor {
                         } else {
                             format!("http_{status}")
                         },
-                        message: format!("{method} {url} answered {status}"),
+                        message: format!("{method} {shown} answered {status}"),
                         receipt,
                     },
                 }
@@ -232,7 +229,10 @@ impl HttpExecutor {
                 };
                 Outcome::Retry {
                     class: class.into(),
-                    message: format!("{method} {url}: {e}"),
+                    message: format!(
+                        "{method} {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     retry_after_ms: None,
                     receipt: Some(Receipt {
                         status: None,

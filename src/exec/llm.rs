@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::answer::cut;
 use super::http::retry_after_ms;
 use super::snapshot::HandlerSnapshot;
 use crate::budget::{Budgets, Refusal, Spend, cost_micros, estimate_prompt_tokens};
 use crate::clock::SharedClock;
+use crate::config::redact_url;
 use crate::queue::{Outcome, Receipt, Task};
 
 /// Bytes of an answer kept in a receipt.
@@ -124,17 +126,6 @@ fn error_text(answer: Option<&Value>, raw: &str) -> String {
         .map(str::to_string)
         .unwrap_or_else(|| raw.to_string());
     cut(text.trim(), 300)
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 /// What came back from the blocking call.
@@ -238,6 +229,7 @@ impl LlmExecutor {
             }
         };
         let url = format!("{base_url}/chat/completions");
+        let shown = redact_url(&url);
         let body = json!({
             "model": model,
             "messages": chat.messages,
@@ -257,7 +249,10 @@ impl LlmExecutor {
             Err(e) => {
                 return Outcome::Fail {
                     class: "bad_request".into(),
-                    message: format!("cannot build the request to {url}: {e}"),
+                    message: format!(
+                        "cannot build the request to {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     receipt: None,
                 };
             }
@@ -340,7 +335,10 @@ impl LlmExecutor {
                 };
                 return Outcome::Retry {
                     class: class.into(),
-                    message: format!("POST {url}: {e}"),
+                    message: format!(
+                        "POST {shown}: {}",
+                        e.to_string().replace(url.as_str(), &shown)
+                    ),
                     retry_after_ms: None,
                     receipt: Some(Receipt {
                         status: None,
@@ -358,14 +356,19 @@ impl LlmExecutor {
         });
         match status {
             200..=299 => match parsed.as_ref().and_then(content_of) {
-                Some(content) => Outcome::Succeeded {
-                    result: Some(cut(&content, self.result_max)),
-                    receipt,
-                },
+                Some(content) => {
+                    let (result, form) =
+                        super::answer::keep(content.into_bytes(), false, self.result_max);
+                    Outcome::Succeeded {
+                        result: Some(result),
+                        form,
+                        receipt,
+                    }
+                }
                 None => Outcome::Retry {
                     class: "bad_response".into(),
                     message: format!(
-                        "POST {url} answered {status} without choices[0].message: {}",
+                        "POST {shown} answered {status} without choices[0].message: {}",
                         cut(answer.text.trim(), 300)
                     ),
                     retry_after_ms: None,
@@ -379,7 +382,7 @@ impl LlmExecutor {
                     _ => "http_5xx".into(),
                 },
                 message: format!(
-                    "POST {url} answered {status}: {}",
+                    "POST {shown} answered {status}: {}",
                     error_text(parsed.as_ref(), &answer.text)
                 ),
                 retry_after_ms: answer.retry_after,
@@ -392,7 +395,7 @@ impl LlmExecutor {
                     format!("http_{status}")
                 },
                 message: format!(
-                    "POST {url} answered {status}: {}",
+                    "POST {shown} answered {status}: {}",
                     error_text(parsed.as_ref(), &answer.text)
                 ),
                 receipt,

@@ -6,12 +6,15 @@
 //! Once the queue recorded the outcome of an http task, its delivery is published on the event
 //! bus ([`Event::DeliveryConfirmed`] or [`Event::DeliveryFailed`]).
 
+pub mod answer;
 pub mod circuit;
 pub mod command;
 pub mod http;
 pub mod llm;
 pub mod model;
+pub mod orphans;
 pub mod snapshot;
+pub mod stderr;
 mod tables;
 pub mod workflow;
 
@@ -75,7 +78,13 @@ impl Dispatcher {
         let result_max = config.queue.result_max_bytes;
         Arc::new(Dispatcher {
             http: HttpExecutor::new(Arc::clone(&clock), result_max),
-            command: CommandExecutor::new(Arc::clone(&queue), result_max),
+            command: CommandExecutor::new(
+                Arc::clone(&queue),
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                result_max,
+                stderr::LogLimits::from(&config.exec),
+            ),
             llm: LlmExecutor::new(Arc::clone(&clock), budgets, result_max),
             workflow: WorkflowExecutor::new(store, Arc::clone(&queue), Arc::clone(&clock)),
             permits: Arc::new(Semaphore::new(config.queue.concurrency)),

@@ -44,7 +44,7 @@ pub use super::model::StepCheckpoint;
 use super::snapshot::{HandlerSnapshot, WorkflowStep};
 use super::tables::{ReadTables, ReadableTables, Tables};
 use crate::clock::SharedClock;
-use crate::queue::{Outcome, Queue, Task, TaskRemoval};
+use crate::queue::{Outcome, Queue, ResultForm, Task, TaskRemoval};
 use crate::store::{Store, StoreError};
 use crate::template::{Piece, pieces};
 pub use crate::template::{Placeholder, template_placeholders};
@@ -307,7 +307,7 @@ impl WorkflowExecutor {
         };
         let attempt = task.attempts.len() as u32;
         let mut results: HashMap<String, Option<String>> = HashMap::new();
-        let mut last = (None, None);
+        let mut last = (None, None, ResultForm::default());
         for (i, step) in steps.iter().enumerate() {
             current.store(i, Ordering::SeqCst);
             let label = format!("step {}/{} ({})", i + 1, steps.len(), step.name);
@@ -321,7 +321,7 @@ impl WorkflowExecutor {
                 )
                 .await;
                 results.insert(step.name.clone(), checkpoint.result.clone());
-                last = (checkpoint.result.clone(), None);
+                last = (checkpoint.result.clone(), None, ResultForm::default());
                 continue;
             }
             let step_payload = match &step.payload_template {
@@ -345,7 +345,11 @@ impl WorkflowExecutor {
             self.log(task.id, format!("{label}: running ({})", step.handler_type))
                 .await;
             match runner.run_step(&view, &step.handler).await {
-                Outcome::Succeeded { result, receipt } => {
+                Outcome::Succeeded {
+                    result,
+                    form,
+                    receipt,
+                } => {
                     let checkpoint = StepCheckpoint {
                         name: step.name.clone(),
                         result: result.clone(),
@@ -367,7 +371,7 @@ impl WorkflowExecutor {
                     }
                     self.log(task.id, format!("{label}: succeeded")).await;
                     results.insert(step.name.clone(), result.clone());
-                    last = (result, receipt);
+                    last = (result, receipt, form);
                 }
                 other => {
                     let outcome = prefixed(&label, other);
@@ -386,6 +390,7 @@ impl WorkflowExecutor {
         Outcome::Succeeded {
             result: last.0,
             receipt: last.1,
+            form: last.2,
         }
     }
 }

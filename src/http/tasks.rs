@@ -195,15 +195,17 @@ pub(super) async fn cancel(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
-    /// The first line number wanted (default 0).
+    /// The first line number wanted (default 0): 0, or the `next_from` of the previous page.
     from: Option<u32>,
+    /// At most this many lines (clamped to 1..5000, default 1000).
+    limit: Option<usize>,
 }
 
 /// A task's log lines (stderr of command tasks, notes of other handlers).
 #[utoipa::path(get, path = "/api/v1/tasks/{id}/logs", tag = "tasks", operation_id = "tasks_logs",
     params(("id" = Uuid, Path, description = "The task's id"), LogQuery),
     responses(
-        (status = 200, description = "The lines from `from` on", body = TaskLogs),
+        (status = 200, description = "At most `limit` lines from `from` on", body = TaskLogs),
         (status = 404, description = "No task with this id", body = ErrorBody),
     ))]
 pub(super) async fn logs(
@@ -212,12 +214,18 @@ pub(super) async fn logs(
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<TaskLogs>, ApiError> {
     app.queue.get(id).await?;
-    let lines = app.queue.logs(id, q.from.unwrap_or(0)).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 5000);
+    let mut lines = app.queue.logs(id, q.from.unwrap_or(0), limit + 1).await?;
+    let next_from = (lines.len() > limit).then(|| {
+        lines.truncate(limit);
+        lines.last().map_or(0, |(n, _)| n + 1)
+    });
     Ok(Json(TaskLogs {
         lines: lines
             .into_iter()
             .map(|(n, line)| LogLine { n, line })
             .collect(),
+        next_from,
     }))
 }
 
@@ -270,6 +278,9 @@ pub(super) async fn runs(
 
 /// How long a task stream waits for an event about its task before it re-reads the task
 /// anyway: the bus is a hint, so a missed event delays the stream by at most this much.
+/// Log lines read from the store at once by a live stream.
+const STREAM_LOG_BATCH: usize = 500;
+
 const STREAM_FALLBACK: Duration = Duration::from_secs(2);
 
 /// A task's live events.
@@ -323,7 +334,9 @@ fn task_events(
                     return;
                 }
             }
-            if let Ok(lines) = app.queue.logs(id, next_line).await {
+            // The lines so far, a bounded batch at a time.
+            while let Ok(lines) = app.queue.logs(id, next_line, STREAM_LOG_BATCH).await {
+                let full = lines.len() == STREAM_LOG_BATCH;
                 for (n, line) in lines {
                     next_line = n + 1;
                     if tx
@@ -333,6 +346,9 @@ fn task_events(
                     {
                         return;
                     }
+                }
+                if !full {
+                    break;
                 }
             }
             if task.status.is_final() {

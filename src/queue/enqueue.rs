@@ -7,7 +7,7 @@ use std::sync::Arc;
 use redb::WriteTransaction;
 use uuid::Uuid;
 
-use super::model::{Enqueued, NewTask, Status, Task};
+use super::model::{Enqueued, NewTask, ResultForm, Status, Task};
 use super::tables::{ReadableTables, Tables};
 use super::{Handling, Queue, QueueError, indexes};
 use crate::audit::{Audit, Event as AuditEvent};
@@ -102,6 +102,7 @@ impl Queue {
             lease: None,
             result: None,
             cancel_requested: false,
+            result_form: ResultForm::default(),
         })
     }
 

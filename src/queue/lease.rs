@@ -3,11 +3,13 @@
 //! ended with retries and backoff, and taking back the leases of a process that is gone.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use uuid::Uuid;
 
-use super::model::{Attempt, Completion, Lease, LeaseRequest, Outcome, Receipt, Status, Task};
+use super::model::{
+    Attempt, Completion, Lease, LeaseRequest, Outcome, Receipt, ResultForm, Status, Task,
+};
 use super::tables::{ReadableTables, Tables};
 use super::task_types::has_leasable_work;
 use super::{PROMOTE_LIMIT, Queue, QueueError, daily, indexes};
@@ -68,8 +70,13 @@ impl Queue {
     }
 
     /// After a restart every lease belongs to a process that is gone (the database admits one
-    /// process): their tasks run again at once, without using an attempt.
-    pub async fn recover_interrupted(&self) -> Result<usize, QueueError> {
+    /// process): their tasks run again at once, without using an attempt. `stopped_at` says,
+    /// for the tasks whose executor knows it, when the interrupted attempt really stopped
+    /// (otherwise: now).
+    pub async fn recover_interrupted(
+        &self,
+        stopped_at: HashMap<Uuid, Millis>,
+    ) -> Result<usize, QueueError> {
         let now = self.clock.now_ms();
         let policy = RetryPolicy::from_config(&self.config);
         let result_max = self.config.queue.result_max_bytes;
@@ -87,6 +94,12 @@ impl Queue {
                             &policy,
                             result_max,
                         )?;
+                        if let Some(&stopped) = stopped_at.get(&task.id)
+                            && let Some(attempt) = task.attempts.last_mut()
+                        {
+                            attempt.finished_at = Some(stopped.clamp(attempt.started_at, now));
+                            t.save(&task)?;
+                        }
                         recovered.push(task);
                     }
                 }
@@ -219,9 +232,18 @@ pub(super) fn finish_attempt(
         }
     };
     let next = match outcome {
-        Outcome::Succeeded { result, receipt } => {
+        Outcome::Succeeded {
+            result,
+            form,
+            receipt,
+        } => {
             record("succeeded", None, None, receipt, true);
+            let cut_here = result.as_ref().is_some_and(|r| r.len() > result_max);
             task.result = result.map(|r| cap(r, result_max));
+            task.result_form = ResultForm {
+                truncated: form.truncated || cut_here,
+                ..form
+            };
             Status::Succeeded
         }
         Outcome::Cancelled => {

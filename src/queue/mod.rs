@@ -46,7 +46,7 @@ pub use dlq::{DlqStats, DrainReport};
 pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
 pub use model::{
     Attempt, Completion, DayCount, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt,
-    Snapshot, Status, Task, TaskFilter, TaskPage, TaskType, TypePause,
+    ResultForm, Snapshot, Status, Task, TaskFilter, TaskPage, TaskType, TypePause,
 };
 pub use operations::{
     DeadFilter, RETRY_BATCH_MAX, RetryBatch, SEARCH_SCAN_MAX, ScheduledPage, SearchPage,
@@ -212,9 +212,19 @@ impl Queue {
         self.read(move |t| list_tasks(t, &filter)).await
     }
 
-    /// Log lines of a task from line `from` on.
-    pub async fn logs(&self, id: Uuid, from: u32) -> Result<Vec<(u32, String)>, QueueError> {
-        self.read(move |t| t.log_lines(id, from)).await
+    /// At most `limit` log lines of a task, from line `from` on.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, String)>, QueueError> {
+        self.read(move |t| t.log_lines(id, from, limit)).await
+    }
+
+    /// How many log lines a task has.
+    pub async fn log_count(&self, id: Uuid) -> Result<u32, QueueError> {
+        self.read(move |t| t.next_log_line(id)).await
     }
 
     /// Appends log lines to a running task.

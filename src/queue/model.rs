@@ -1,7 +1,7 @@
 //! The queue's model: the stored shapes (tasks, attempts, receipts, leases and the opaque handler
 //! snapshot a task carries) and the shapes of its API (new tasks, outcomes, filters, pages).
 //! Version-1 task records held the snapshot inline; they are read through [`TaskV1`] and
-//! upgraded.
+//! upgraded. Version-2 records lack the result's form (read as a whole text result).
 
 use std::collections::HashMap;
 
@@ -248,10 +248,42 @@ pub struct Task {
     pub result: Option<String>,
     /// Cancellation was asked for while it ran.
     pub cancel_requested: bool,
+    /// How `result` holds the answer: whole or cut, text or base64.
+    pub result_form: ResultForm,
 }
 
+/// How a stored result holds what the executor got.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultForm {
+    /// The answer was longer than `queue.result_max_bytes`: only part of it is kept.
+    pub truncated: bool,
+    /// The answer was not UTF-8: the result is its bytes in base64.
+    pub base64: bool,
+}
+
+/// The version before [`ResultForm`].
+const TASK_V2: u8 = 2;
+
 impl Record for Task {
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
+
+    fn decode_versioned(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            Self::VERSION => postcard::from_bytes(body).map_err(|e| e.to_string()),
+            // A version-2 body is a version-3 body without the trailing `result_form`: its two
+            // `false` flags are one zero byte each in postcard.
+            TASK_V2 => {
+                let mut upgraded = Vec::with_capacity(body.len() + 2);
+                upgraded.extend_from_slice(body);
+                upgraded.extend_from_slice(&[0, 0]);
+                postcard::from_bytes(&upgraded).map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "unknown task record version {other} (this keel writes version {})",
+                Self::VERSION
+            )),
+        }
+    }
 }
 
 impl Task {
@@ -310,6 +342,8 @@ pub enum Outcome {
     Succeeded {
         /// Result text.
         result: Option<String>,
+        /// Whether the executor cut the answer or kept it as base64.
+        form: ResultForm,
         /// What the target answered.
         receipt: Option<Receipt>,
     },
@@ -496,6 +530,53 @@ impl TaskV1 {
             lease: tail.lease,
             result: tail.result,
             cancel_requested: tail.cancel_requested,
+            result_form: ResultForm::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-2 record (the current body without `result_form`) reads as a whole text result.
+    #[test]
+    fn version_2_tasks_read_with_a_whole_text_result() {
+        let task = Task {
+            id: Uuid::now_v7(),
+            task_type: "t".into(),
+            payload: "{}".into(),
+            priority: 100,
+            idempotency_key: Some("k".into()),
+            status: Status::Succeeded,
+            created_by: "admin".into(),
+            created_at: 1,
+            updated_at: 2,
+            due_at: 1,
+            finished_at: Some(2),
+            max_attempts: 3,
+            attempts_before_requeue: 0,
+            timeout_ms: 1000,
+            handler: Snapshot::from_bytes(vec![1, 2, 3]),
+            target: "x".into(),
+            attempts: Vec::new(),
+            lease: None,
+            result: Some("done".into()),
+            cancel_requested: false,
+            result_form: ResultForm::default(),
+        };
+        let current = codec::encode(&task);
+        assert_eq!(current[0], 3);
+        let v2_body = &current[1..current.len() - 2];
+        assert_eq!(Task::decode_versioned(TASK_V2, v2_body), Ok(task.clone()));
+        let marked = Task {
+            result_form: ResultForm {
+                truncated: true,
+                base64: true,
+            },
+            ..task
+        };
+        let bytes = codec::encode(&marked);
+        assert_eq!(Task::decode_versioned(3, &bytes[1..]), Ok(marked));
     }
 }

@@ -127,12 +127,18 @@ pub(super) trait ReadableTables {
         }
     }
 
-    /// Log lines of a task from line `from` on.
-    fn log_lines(&self, id: Uuid, from: u32) -> Result<Vec<(u32, String)>, QueueError> {
+    /// At most `limit` log lines of a task, from line `from` on.
+    fn log_lines(
+        &self,
+        id: Uuid,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, String)>, QueueError> {
         let mut out = Vec::new();
         for row in self
             .logs()?
             .range((id.as_u128(), from)..=(id.as_u128(), u32::MAX))?
+            .take(limit)
         {
             let (k, v) = row?;
             out.push((k.value().1, v.value().to_string()));

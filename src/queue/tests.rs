@@ -300,7 +300,7 @@ async fn transitions_are_published_after_they_are_readable() {
             loop {
                 let event = next_about(&mut sub, task.id).await;
                 let stored = queue.get(task.id).await.unwrap();
-                let log_lines = queue.logs(task.id, 0).await.unwrap().len();
+                let log_lines = queue.logs(task.id, 0, usize::MAX).await.unwrap().len();
                 let seen = Seen {
                     event,
                     status: stored.status,
@@ -365,6 +365,7 @@ async fn transitions_are_published_after_they_are_readable() {
     assert_eq!(acked.recv().await.unwrap().status, Status::Running);
     let done = Outcome::Succeeded {
         result: Some("ok".into()),
+        form: Default::default(),
         receipt: None,
     };
     queue.complete(task.id, lease.id, done).await.unwrap();
@@ -507,6 +508,7 @@ async fn daily_counts_are_kept_for_thirty_days() {
     let day = 86_400_000;
     let ok = || Outcome::Succeeded {
         result: None,
+        form: Default::default(),
         receipt: None,
     };
     let retry = || Outcome::Retry {

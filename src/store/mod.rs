@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 7;
+pub const SCHEMA_VERSION: u64 = 8;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -315,6 +315,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_admin_session_tables,
     create_cycles_tables,
     create_task_type_and_daily_tables,
+    create_running_commands_table,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -362,6 +363,11 @@ fn create_admin_session_tables(tx: &WriteTransaction) -> Result<(), StoreError> 
 fn create_task_type_and_daily_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::queue::TASK_TYPES_PAUSED)?;
     tx.open_table(tables::queue::TASK_DAILY)?;
+    Ok(())
+}
+
+fn create_running_commands_table(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::exec::RUNNING_COMMANDS)?;
     Ok(())
 }
 

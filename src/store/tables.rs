@@ -119,6 +119,10 @@ pub mod exec {
     /// Workflow step checkpoints: (task id as `u128`, step index) → step checkpoint record.
     pub const WORKFLOW_STEPS: TableDefinition<(u128, u32), &[u8]> =
         TableDefinition::new("workflow_steps_v1");
+
+    /// Process groups of running commands: task id as `u128` → running command record.
+    pub const RUNNING_COMMANDS: TableDefinition<u128, &[u8]> =
+        TableDefinition::new("running_commands_v1");
 }
 
 /// The inbox room: replay protection and rejections of inbound webhooks.

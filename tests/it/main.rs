@@ -10,6 +10,8 @@ mod cycles;
 mod cycles_crash;
 mod doctor;
 mod events;
+mod exec_crash;
+mod exec_safety;
 mod inbox;
 mod llm;
 mod operations;

@@ -616,6 +616,7 @@ fn an_expired_lease_is_reaped_and_the_zombie_completion_is_ignored() {
     // A completion under the lost lease changes nothing.
     let done = Outcome::Succeeded {
         result: Some("zombie".into()),
+        form: Default::default(),
         receipt: None,
     };
     let c = app

@@ -168,5 +168,9 @@ fn a_version_1_task_record_is_read_run_and_stored_anew() {
             Ok(value.value()[0])
         })
         .expect("read");
-    assert_eq!(version, 2, "stored in the current version");
+    assert_eq!(
+        version,
+        <keel::queue::Task as Record>::VERSION,
+        "stored in the current version"
+    );
 }

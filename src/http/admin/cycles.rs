@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{AdminError, Ctx, Layout, PageForm, PagePath, ago, time};
 use crate::clock::Millis;
+use crate::config::redact_url;
 use crate::cycles::profiles::State as ProfileState;
 use crate::cycles::{GovernanceView, TriggerRequest};
 use crate::http::AppState;
@@ -325,7 +326,7 @@ pub async fn detail(
         .map(|(rec, task)| DispatchRow {
             target: rec.target.clone(),
             endpoint: rec.endpoint.clone(),
-            url: format!("{} {}", rec.method, rec.url),
+            url: format!("{} {}", rec.method, redact_url(&rec.url)),
             task_id: rec.task_id.to_string(),
             task_status: task
                 .as_ref()

@@ -16,6 +16,7 @@ use super::{
     AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
     time_opt,
 };
+use crate::config::redact_url;
 use crate::exec::HandlerSnapshot;
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -377,13 +378,17 @@ pub struct TaskView {
     pub result: Option<String>,
     /// What stands in for a missing result: why there is none.
     pub no_result: &'static str,
+    /// How the result holds the answer, when not whole text.
+    pub result_note: Option<&'static str>,
     /// Whether it will not change any more.
     pub finished: bool,
 }
 
 fn handler_summary(t: &Task) -> String {
     match HandlerSnapshot::of(t) {
-        Ok(HandlerSnapshot::Http { url, method, .. }) => format!("http {method} {url}"),
+        Ok(HandlerSnapshot::Http { url, method, .. }) => {
+            format!("http {method} {}", redact_url(&url))
+        }
         Ok(HandlerSnapshot::Command { program, args, .. }) => {
             format!("command {program} {}", args.join(" "))
         }
@@ -447,6 +452,14 @@ fn view(t: &Task, now: i64, created_by: String) -> TaskView {
             Status::Succeeded => "The task succeeded without a result body.",
             _ => "No result yet.",
         },
+        result_note: match (t.result_form.truncated, t.result_form.base64) {
+            (false, false) => None,
+            (true, false) => Some("Truncated: the answer was longer than queue.result_max_bytes."),
+            (false, true) => Some("Base64: the answer was not UTF-8."),
+            (true, true) => Some(
+                "Base64 and truncated: the answer was not UTF-8 and longer than queue.result_max_bytes.",
+            ),
+        },
         finished: t.status.is_final(),
     }
 }
@@ -506,6 +519,21 @@ pub struct TaskPage {
     attempts: Vec<AttemptRow>,
     logs: Vec<(u32, String)>,
     next_line: u32,
+    /// `log_from` of the previous page of log lines, when this is not the first.
+    earlier_logs: Option<u32>,
+    /// `log_from` of the next page, when more lines follow this page.
+    later_logs: Option<u32>,
+}
+
+/// Log lines shown on one task page.
+const LOG_PAGE: usize = 500;
+
+/// `GET /admin/tasks/{id}` query: which page of the log. Other parameters (the `msg` notice
+/// after a redirect, which the layout reads) are left to their readers.
+#[derive(Debug, Default, Deserialize)]
+pub struct TaskPageQuery {
+    /// The first log line shown (default 0).
+    log_from: Option<u32>,
 }
 
 fn task_id(raw: &str) -> Result<Uuid, AdminError> {
@@ -518,12 +546,18 @@ pub async fn detail(
     State(app): State<AppState>,
     ctx: Ctx,
     PagePath(id): PagePath<String>,
+    PageQuery(q): PageQuery<TaskPageQuery>,
 ) -> Result<TaskPage, AdminError> {
     let id = task_id(&id)?;
     let task = app.queue.get(id).await?;
-    let logs = app.queue.logs(id, 0).await?;
+    let log_from = q.log_from.unwrap_or(0);
+    let mut logs = app.queue.logs(id, log_from, LOG_PAGE + 1).await?;
+    let more = logs.len() > LOG_PAGE;
+    logs.truncate(LOG_PAGE);
     let now = app.clock.now_ms();
-    let next_line = logs.last().map_or(0, |(n, _)| n + 1);
+    let next_line = logs.last().map_or(log_from, |(n, _)| n + 1);
+    let later_logs = more.then_some(next_line);
+    let earlier_logs = (log_from > 0).then(|| log_from.saturating_sub(LOG_PAGE as u32));
     // The key that made it, by name when it is a key.
     let created_by = Uuid::parse_str(&task.created_by)
         .ok()
@@ -538,6 +572,8 @@ pub async fn detail(
         attempts: attempts(&task),
         logs,
         next_line,
+        earlier_logs,
+        later_logs,
     })
 }
 

@@ -15,6 +15,7 @@ pub use super::advice::{
 };
 use super::tasks::{Attempt, TaskStatus};
 use super::{Timestamp, json_text, time_opt};
+use crate::config::redact_url;
 use crate::cycles::model::{
     Checkpoint, CycleRun, CycleStatus, DispatchRecord, ExecutionRecord as StoredRecord,
     LedgerEntry as StoredLedgerEntry,
@@ -481,7 +482,7 @@ impl Dispatch {
         Dispatch {
             target: d.target.clone(),
             endpoint: d.endpoint.clone(),
-            url: d.url.clone(),
+            url: redact_url(&d.url),
             method: d.method.clone(),
             task_id: d.task_id,
             webhook_id: d.webhook_id.clone(),

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Timestamp, time_opt};
+use crate::config::redact_url;
 use crate::exec::HandlerSnapshot;
 use crate::exec::circuit::CircuitView;
 use crate::queue;
@@ -106,7 +107,7 @@ impl From<&HandlerSnapshot> for TaskHandler {
     fn from(h: &HandlerSnapshot) -> Self {
         match h {
             HandlerSnapshot::Http { url, method, .. } => TaskHandler::Http {
-                url: url.clone(),
+                url: redact_url(url),
                 method: method.clone(),
             },
             HandlerSnapshot::Command { program, args, .. } => TaskHandler::Command {
@@ -242,6 +243,11 @@ pub struct Task {
     pub attempts: Vec<Attempt>,
     /// The result text of a successful attempt.
     pub result: Option<String>,
+    /// The answer was longer than `queue.result_max_bytes`: `result` holds its first bytes (the
+    /// tail of a command's stdout).
+    pub result_truncated: bool,
+    /// The answer was not UTF-8: `result` is its bytes in base64.
+    pub result_base64: bool,
     /// Whether a cancellation was asked for.
     pub cancel_requested: bool,
 }
@@ -268,6 +274,8 @@ impl From<&queue::Task> for Task {
             handler: TaskHandler::of(t),
             attempts: t.attempts.iter().map(Attempt::from).collect(),
             result: t.result.clone(),
+            result_truncated: t.result_form.truncated,
+            result_base64: t.result_form.base64,
             cancel_requested: t.cancel_requested,
         }
     }
@@ -336,8 +344,10 @@ pub struct TaskList {
 /// `GET /api/v1/tasks/{id}/logs`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskLogs {
-    /// Lines from `from` on.
+    /// At most `limit` lines from `from` on.
     pub lines: Vec<LogLine>,
+    /// `from` for the next page (null when these are the last lines so far).
+    pub next_from: Option<u32>,
 }
 
 /// One log line of a task.
