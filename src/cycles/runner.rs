@@ -26,7 +26,7 @@ use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
 use crate::events::Event;
-use crate::exec::{HandlerSnapshot, HttpTarget};
+use crate::exec::{HandlerSnapshot, HttpTarget, http_circuit_target};
 use crate::queue::{NewTask, QueueError, Status, Task};
 use crate::store::codec;
 
@@ -434,6 +434,7 @@ impl Cycles {
                 signing_secret: e.signing_secret.as_ref().map(|t| t.expose().to_string()),
                 timeout_seconds: e.timeout_seconds,
                 target_concurrency: DISPATCH_TARGET_CONCURRENCY,
+                circuit_target: http_circuit_target(e.circuit, "dispatch", endpoint, &e.url),
             };
             let new = NewTask {
                 task_type: DISPATCH_TASK_TYPE.to_string(),

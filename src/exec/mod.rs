@@ -39,7 +39,9 @@ use http::HttpExecutor;
 use llm::LlmExecutor;
 use workflow::{StepRunner, WorkflowExecutor};
 
-pub use snapshot::{HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, url_host};
+pub use snapshot::{
+    HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, http_circuit_target, url_host,
+};
 
 /// Runs leased tasks; shared by the dispatcher's spawned executions.
 pub struct Dispatcher {

@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod browser;
+mod circuits;
 mod cli;
 mod crash;
 mod cycles;

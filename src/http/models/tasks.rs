@@ -498,9 +498,10 @@ impl CircuitState {
 
 /// A circuit breaker of one target.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"name": "http:example.com", "state": "open", "failure_ratio": 0.8, "window_volume": 20, "opened_at": "2026-01-01T00:00:00.000Z", "open_until": "2026-01-01T00:00:30.000Z"}))]
+#[schema(example = json!({"name": "handler:notify", "state": "open", "failure_ratio": 0.8, "window_volume": 20, "opened_at": "2026-01-01T00:00:00.000Z", "open_until": "2026-01-01T00:00:30.000Z", "tripped_failure_ratio": 0.8, "tripped_volume": 20, "tripped_by": [{"at": "2026-01-01T00:00:00.000Z", "healthy": false, "class": "http_5xx"}]}))]
 pub struct Circuit {
-    /// Target name (`http:<host>`, `command:<type>`).
+    /// Target name (`handler:<type>`, `dispatch:<endpoint>`, `http:<host>` for `per_host`,
+    /// `command:<type>`, `llm:<provider>`).
     pub name: String,
     /// Its state.
     pub state: CircuitState,
@@ -512,6 +513,23 @@ pub struct Circuit {
     pub opened_at: Option<Timestamp>,
     /// When an open circuit lets a trial through.
     pub open_until: Option<Timestamp>,
+    /// Failure ratio of the window that last opened it (0 if it never opened).
+    pub tripped_failure_ratio: f64,
+    /// Outcomes in that window.
+    pub tripped_volume: u64,
+    /// The latest outcomes of that window, oldest first: why it opened.
+    pub tripped_by: Vec<CircuitOutcome>,
+}
+
+/// One outcome a circuit breaker counted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CircuitOutcome {
+    /// When the attempt ended.
+    pub at: Timestamp,
+    /// Whether it counted as healthy.
+    pub healthy: bool,
+    /// Error class of a failure (`http_5xx`, `timeout`, …).
+    pub class: Option<String>,
 }
 
 impl From<&CircuitView> for Circuit {
@@ -523,6 +541,17 @@ impl From<&CircuitView> for Circuit {
             window_volume: c.window_volume,
             opened_at: time_opt(c.opened_at),
             open_until: time_opt(c.open_until),
+            tripped_failure_ratio: c.tripped_failure_ratio,
+            tripped_volume: c.tripped_volume,
+            tripped_by: c
+                .tripped_by
+                .iter()
+                .map(|o| CircuitOutcome {
+                    at: Timestamp::from(o.at),
+                    healthy: o.healthy,
+                    class: o.class.clone(),
+                })
+                .collect(),
         }
     }
 }
