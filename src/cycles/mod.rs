@@ -13,6 +13,7 @@
 //! it records is published on the event bus.
 
 pub mod advice;
+mod cancel;
 #[cfg(feature = "test-hooks")]
 mod crash;
 mod governance;
@@ -143,6 +144,10 @@ pub struct Cycles {
     gate: tokio::sync::RwLock<()>,
     wake: Arc<Notify>,
     running: Mutex<HashSet<Uuid>>,
+    /// The queue tasks each running cycle is waiting for now.
+    waits: Mutex<BTreeMap<Uuid, (Vec<Uuid>, CancellationToken)>>,
+    /// Cycles cancelled by hand since start: their runners stop at their next wait.
+    cancelled: Mutex<HashSet<Uuid>>,
     tracker: TaskTracker,
     /// Cancelled at the drain deadline: runners stop at their next wait.
     stop: CancellationToken,
@@ -184,6 +189,8 @@ impl Cycles {
             gate: tokio::sync::RwLock::new(()),
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashSet::new()),
+            waits: Mutex::new(BTreeMap::new()),
+            cancelled: Mutex::new(HashSet::new()),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             draining: AtomicBool::new(false),

@@ -293,7 +293,7 @@ impl Cycles {
                 timeout_s: step.timeout_seconds,
                 ..NewTask::default()
             };
-            match self.run_task(id, new).await? {
+            match self.run_task(run.id, id, new).await? {
                 TaskEnd::Succeeded(result) => {
                     if let Some(result) = result.filter(|r| !r.is_empty()) {
                         payload = result_value(&result);
@@ -348,7 +348,7 @@ impl Cycles {
                 ..NewTask::default()
             };
             match self
-                .run_task(step_task_id(run.id, Stage::Normalization, k), new)
+                .run_task(run.id, step_task_id(run.id, Stage::Normalization, k), new)
                 .await?
             {
                 TaskEnd::Succeeded(result) => match result.as_deref().map(result_value) {
@@ -561,7 +561,11 @@ impl Cycles {
             if self.stop.is_cancelled() || (self.draining.load(Ordering::SeqCst) && !any_running) {
                 return Ok(Progress::Stopped);
             }
-            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            let wait = self.record_wait(id, waiting_for.iter().copied().collect());
+            let wake = tokio::select! {
+                wake = self.wait_for_news(&mut news, &waiting_for, delay) => wake,
+                () = wait.cancelled() => Wake::Stop,
+            };
             if let Wake::Stop = wake {
                 return Ok(Progress::Stopped);
             }

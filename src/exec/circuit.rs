@@ -253,6 +253,19 @@ impl Circuits {
         blocked
     }
 
+    /// Until when tasks of `target` are held back, without changing the breaker: the trial time
+    /// of an open circuit, or shortly after now while its half-open trial runs.
+    pub fn blocked_until(&self, target: &str) -> Option<Millis> {
+        let now = self.clock.now_ms();
+        match self.lock().get(target)?.state {
+            State::Open { until } if until > now => Some(until),
+            State::HalfOpen {
+                trial_running: true,
+            } => Some(now + TRIAL_WAIT_MS),
+            _ => None,
+        }
+    }
+
     /// Asks to run one task against `target`: `Err(until)` when it must wait (the circuit is
     /// open, or its half-open trial is already running).
     pub fn admit(&self, target: &str) -> Result<(), Millis> {

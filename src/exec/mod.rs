@@ -13,6 +13,7 @@ pub mod llm;
 pub mod model;
 pub mod snapshot;
 mod tables;
+mod waiting;
 pub mod workflow;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use workflow::{StepRunner, WorkflowExecutor};
 pub use snapshot::{
     HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, http_circuit_target, url_host,
 };
+pub use waiting::Waiting;
 
 /// Runs leased tasks; shared by the dispatcher's spawned executions.
 pub struct Dispatcher {

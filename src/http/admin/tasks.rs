@@ -16,7 +16,7 @@ use super::{
     AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
     time_opt,
 };
-use crate::exec::HandlerSnapshot;
+use crate::exec::{HandlerSnapshot, Waiting};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -487,6 +487,7 @@ fn attempts(t: &Task) -> Vec<AttemptRow> {
 pub struct TaskPage {
     l: Layout,
     t: TaskView,
+    waiting: Option<String>,
     attempts: Vec<AttemptRow>,
     logs: Vec<(u32, String)>,
     next_line: u32,
@@ -519,10 +520,23 @@ pub async fn detail(
     Ok(TaskPage {
         l: ctx.layout(format!("Task {}", task.task_type), "tasks"),
         t: view(&task, now, created_by),
+        waiting: app
+            .dispatcher
+            .waiting(&task, now)
+            .map(|w| waiting_text(&w, now)),
         attempts: attempts(&task),
         logs,
         next_line,
     })
+}
+
+/// `Waiting (circuit_open): the circuit handler:notify is open; tried again at … (in 9 min).`
+pub fn waiting_text(w: &Waiting, now: i64) -> String {
+    let when = w.until.map_or_else(
+        || "tried again when a running task of its type ends".to_string(),
+        |t| format!("tried again at {} ({})", time(t), ago(now, t)),
+    );
+    format!("Waiting ({}): {}; {when}.", w.reason, w.detail)
 }
 
 /// `POST /admin/tasks/{id}/cancel`: the queue room's cancel (audited), and a running attempt is

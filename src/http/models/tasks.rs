@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Timestamp, time_opt};
-use crate::exec::HandlerSnapshot;
+use crate::clock::Millis;
 use crate::exec::circuit::CircuitView;
+use crate::exec::{self, HandlerSnapshot};
 use crate::queue;
 
 /// Where a task is in its life.
@@ -244,6 +245,41 @@ pub struct Task {
     pub result: Option<String>,
     /// Whether a cancellation was asked for.
     pub cancel_requested: bool,
+    /// What a queued or retrying task waits on besides its due time (an open circuit, a spent
+    /// budget, a concurrency limit), and when it will be tried again; null otherwise.
+    pub waiting: Option<Waiting>,
+}
+
+/// What a waiting task waits on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"reason": "circuit_open", "detail": "the circuit handler:notify is open", "until": "2026-01-01T00:10:00.000Z"}))]
+pub struct Waiting {
+    /// `circuit_open`, `budget_exceeded`, `deferred` or `concurrency_limit`.
+    pub reason: String,
+    /// The same in words, naming the circuit, provider or type.
+    pub detail: String,
+    /// When it will be tried again; null when that waits for other tasks to finish.
+    pub until: Option<Timestamp>,
+}
+
+impl From<&exec::Waiting> for Waiting {
+    fn from(w: &exec::Waiting) -> Self {
+        Waiting {
+            reason: w.reason.to_string(),
+            detail: w.detail.clone(),
+            until: time_opt(w.until),
+        }
+    }
+}
+
+impl Task {
+    /// The task as the API shows it, with what it waits on (asked of the dispatcher now).
+    pub fn with_waiting(t: &queue::Task, dispatcher: &exec::Dispatcher, now: Millis) -> Task {
+        Task {
+            waiting: dispatcher.waiting(t, now).as_ref().map(Waiting::from),
+            ..Task::from(t)
+        }
+    }
 }
 
 impl From<&queue::Task> for Task {
@@ -269,6 +305,7 @@ impl From<&queue::Task> for Task {
             attempts: t.attempts.iter().map(Attempt::from).collect(),
             result: t.result.clone(),
             cancel_requested: t.cancel_requested,
+            waiting: None,
         }
     }
 }
