@@ -142,6 +142,9 @@ pub struct Cycles {
     /// Held for writing by reloads and profile mutations, for reading while cycles are
     /// created, so neither sees the other half done.
     gate: tokio::sync::RwLock<()>,
+    /// Held while a strategy proposal is approved or rejected, so decisions never interleave
+    /// with an approval's change of the profile files.
+    decisions: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     running: Mutex<HashSet<Uuid>>,
     /// The queue tasks each running cycle is waiting for now.
@@ -187,6 +190,7 @@ impl Cycles {
             events,
             profiles: RwLock::new(Arc::new(ProfileSet::default())),
             gate: tokio::sync::RwLock::new(()),
+            decisions: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashSet::new()),
             waits: Mutex::new(BTreeMap::new()),

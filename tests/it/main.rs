@@ -7,6 +7,7 @@ mod browser;
 mod circuits;
 mod cli;
 mod crash;
+mod cycle_audit;
 mod cycles;
 mod cycles_crash;
 mod doctor;
