@@ -264,3 +264,67 @@ fn a_reload_waits_for_a_cycle_that_ends_within_wait_seconds() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(receiver.count(), 1);
 }
+
+/// The cycle page's cancel form (operators only) cancels a running cycle as the API does,
+/// audited with the signed-in key; the form is gone once the cycle has ended.
+#[test]
+fn the_dashboard_cancels_a_running_cycle() {
+    let receiver = Receiver::start();
+    receiver.set_mode(Mode::Hold);
+    let profiles = tempfile::tempdir().unwrap();
+    write_profiles(
+        profiles.path(),
+        &json!([{"profile_id": "p1", "label": "P1", "state": "enabled",
+                 "execution_rules": {}, "value_tags": {}}]),
+        &json!([{"run_profile_id": "r1", "profile_id": "p1", "state": "enabled",
+                 "namespace": "ns", "value_tags": {}, "distribution_targets": ["aurora"]}]),
+    );
+    let url = receiver.url();
+    let app = TestApp::start_with(|c| {
+        c.cycles.profiles_dir = profiles.path().to_path_buf();
+        c.cycles.schedule = String::new().into();
+        c.dispatch.endpoints.insert(
+            "aurora".into(),
+            serde_json::from_value(json!({"url": url, "timeout_seconds": 10})).unwrap(),
+        );
+    });
+    let r = app.post_json(
+        "/api/v1/cycles/trigger",
+        Some(&app.admin_key),
+        &json!({"run_profile_id": "r1"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["cycle_run_id"].as_str().unwrap().to_string();
+    receiver.wait_held(1);
+
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    assert!(
+        !viewer
+            .get(&format!("/admin/cycles/{id}"))
+            .body
+            .contains("/cancel")
+    );
+    let (operator_id, operator_key) =
+        app.create_key_with(&json!({"name": "ops", "role": "operator"}));
+    let operator = Client::sign_in(&app.base, &operator_key);
+    let r = operator.post(&format!("/admin/cycles/{id}/cancel"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/admin/cycles/{id}?msg=cycle_cancelled").as_str())
+    );
+    let page = operator
+        .get(&format!("/admin/cycles/{id}?msg=cycle_cancelled"))
+        .body;
+    assert!(page.contains("Cycle cancelled."), "{page}");
+    assert!(!page.contains(&format!("/admin/cycles/{id}/cancel")));
+    let entry = audit_entries(&app)
+        .into_iter()
+        .find(|e| e["action"] == "cycle.cancel")
+        .expect("audited");
+    assert_eq!(entry["actor"], operator_id.as_str());
+    let d = app.admin_get(&format!("/api/v1/cycles/{id}")).json();
+    assert_eq!(d["cycle"]["status"], "failed", "{d}");
+    receiver.set_mode(Mode::Ok);
+    receiver.release();
+}
