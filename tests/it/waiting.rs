@@ -64,6 +64,15 @@ fn a_task_held_by_its_types_concurrency_limit_says_so() {
         listed["tasks"][0]["waiting"]["reason"], "concurrency_limit",
         "{listed}"
     );
+    let client = Client::sign_in(&app.base, &app.admin_key);
+    let list = client.get("/admin/tasks?status=queued").body;
+    assert!(
+        list.contains("data-waiting>concurrency_limit</span>"),
+        "{list}"
+    );
+    let page = client.get(&format!("/admin/tasks/{second}")).body;
+    assert!(page.contains("Waiting (concurrency_limit)"), "{page}");
+    assert!(page.contains("tried again when a running task of its type ends"));
 
     receiver.set_mode(Mode::Ok);
     receiver.release();

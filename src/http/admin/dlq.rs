@@ -118,7 +118,11 @@ async fn dlq_page(
         ),
         types,
         task_type: type_name,
-        rows: page.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: page
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
         next,
         preview,
     })
@@ -176,7 +180,11 @@ pub async fn drain(
     let preview = Preview {
         filter_type: filter.unwrap_or_default(),
         max,
-        rows: report.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: report
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
     };
     let page = dlq_page(&app, &ctx, DlqQuery::default(), Some(preview)).await?;
     Ok(render(&page))

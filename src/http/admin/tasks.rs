@@ -16,7 +16,7 @@ use super::{
     AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, ago, count, pretty_json, render, time,
     time_opt,
 };
-use crate::exec::{HandlerSnapshot, Waiting};
+use crate::exec::{Dispatcher, HandlerSnapshot, Waiting};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -46,11 +46,13 @@ pub struct TaskRow {
     pub updated: String,
     /// The last error class, if any.
     pub error: String,
+    /// What holds a waiting task back (`circuit_open`, …), with its detail; empty otherwise.
+    pub waiting: Option<(&'static str, String)>,
 }
 
 impl TaskRow {
-    /// The row of `t` at `now`.
-    pub fn of(t: &Task, now: i64) -> TaskRow {
+    /// The row of `t` at `now`, with what holds it back as `dispatcher` says.
+    pub fn of(t: &Task, now: i64, dispatcher: &Dispatcher) -> TaskRow {
         let id = t.id.to_string();
         TaskRow {
             short_id: id[id.len() - 12..].to_string(),
@@ -62,6 +64,9 @@ impl TaskRow {
             created_at: time(t.created_at),
             updated: ago(now, t.updated_at),
             error: t.last_error_class().unwrap_or("").to_string(),
+            waiting: dispatcher
+                .waiting(t, now)
+                .map(|w| (w.reason, waiting_text(&w, now))),
         }
     }
 }
@@ -216,7 +221,11 @@ async fn list_page(
     });
     Ok(TasksPage {
         l: ctx.layout("Tasks", "tasks"),
-        rows: page.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: page
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
         chips,
         types: types.into_iter().collect(),
         status: status_name.to_string(),
@@ -261,7 +270,11 @@ pub async fn live_list(
         .await?;
     let (counts, _) = status_counts(&app, task_type.as_deref()).await?;
     let now = app.clock.now_ms();
-    let rows: Vec<TaskRow> = page.tasks.iter().map(|t| TaskRow::of(t, now)).collect();
+    let rows: Vec<TaskRow> = page
+        .tasks
+        .iter()
+        .map(|t| TaskRow::of(t, now, &app.dispatcher))
+        .collect();
     let html = TaskRows { rows: &rows }
         .render()
         .map_err(ApiError::internal)?;
