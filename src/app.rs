@@ -157,6 +157,7 @@ impl Core {
         let circuits = Arc::new(Circuits::load(
             config.circuit.clone(),
             Arc::clone(&store),
+            Arc::clone(&queue),
             Arc::clone(&audit),
             Arc::clone(&clock),
             Arc::clone(&metrics),

@@ -232,6 +232,7 @@ fn bench_config(data_dir: &Path, sink: &str) -> crate::config::Config {
             signing_secret: None,
             timeout_seconds: 30,
             target_concurrency: 64,
+            circuit: Default::default(),
             concurrency: None,
             max_attempts: None,
         }),

@@ -54,6 +54,7 @@ fn config(dir: &Path, days: u32) -> Config {
                 signing_secret: None,
                 timeout_seconds: 5,
                 target_concurrency: 8,
+                circuit: Default::default(),
                 concurrency: None,
                 max_attempts: Some(1),
             }),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ConfigError, between, check_http_target, invalid, names_or_none};
-use super::exec::{default_http_timeout, default_method};
+use super::exec::{CircuitScope, default_http_timeout, default_method};
 use super::names;
 use super::{Config, Secret};
 use crate::schedule::{CronLine, CronSchedule, Timezone};
@@ -100,6 +100,9 @@ pub struct DispatchEndpointConfig {
     /// Request timeout, in seconds.
     #[serde(default = "default_http_timeout")]
     pub timeout_seconds: u64,
+    /// Whose circuit breaker guards this endpoint: its own, or its URL host's.
+    #[serde(default)]
+    pub circuit: CircuitScope,
 }
 
 /// `[governance]`: stops cycles.

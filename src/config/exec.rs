@@ -88,6 +88,18 @@ impl CircuitConfig {
     }
 }
 
+/// Which circuit breaker guards an http handler or dispatch endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitScope {
+    /// One breaker of its own (`handler:<type>`, `dispatch:<endpoint>`): a failing endpoint
+    /// holds back only its own tasks.
+    #[default]
+    PerHandler,
+    /// One breaker per URL host (`http:<host>`), shared by every handler and endpoint on it.
+    PerHost,
+}
+
 /// `[handlers.<type>]`: how tasks of one type are executed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -145,6 +157,9 @@ pub struct HttpHandlerConfig {
     /// Most requests in flight to this URL's host at once.
     #[serde(default = "default_target_concurrency")]
     pub target_concurrency: usize,
+    /// Whose circuit breaker guards this handler: its own, or its URL host's.
+    #[serde(default)]
+    pub circuit: CircuitScope,
     /// Most tasks of this type running at once.
     #[serde(default)]
     pub concurrency: Option<usize>,

@@ -43,8 +43,8 @@ pub use cycles::{
 };
 pub use error::ConfigError;
 pub use exec::{
-    CircuitConfig, CommandHandlerConfig, ExecConfig, HandlerConfig, HttpHandlerConfig,
-    LlmHandlerConfig, WorkflowHandlerConfig, WorkflowStepConfig,
+    CircuitConfig, CircuitScope, CommandHandlerConfig, ExecConfig, HandlerConfig,
+    HttpHandlerConfig, LlmHandlerConfig, WorkflowHandlerConfig, WorkflowStepConfig,
 };
 pub use inbox::{InboxConfig, InboxScheme, InboxSourceConfig};
 pub use llm::{LlmConfig, LlmProviderConfig, usd_to_micros};

@@ -337,6 +337,7 @@ impl Cycles {
 
     /// Rejects a pending proposal (audited).
     pub async fn reject(&self, actor: &str, id: Uuid) -> Result<Proposal, CyclesError> {
+        let _decision = self.decisions.lock().await;
         self.decide(
             actor,
             id,
@@ -352,7 +353,13 @@ impl Cycles {
     /// change the profile: the patched profiles are validated like a reload, written to
     /// `profiles.json` and loaded as a new version. Otherwise the approval is recorded as
     /// skipped and nothing changes.
+    ///
+    /// Decisions are taken one at a time, and each checks that the proposal is still pending
+    /// inside the transaction that records it: a reject arriving while an approval patches
+    /// `profiles.json` waits for it and then finds the proposal decided, so the file is never
+    /// patched for a proposal that says rejected.
     pub async fn approve(&self, actor: &str, id: Uuid) -> Result<Proposal, CyclesError> {
+        let _decision = self.decisions.lock().await;
         let proposal = self.load_proposal(id).await?;
         if proposal.status != "pending" {
             return Err(conflict(

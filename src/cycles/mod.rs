@@ -13,6 +13,7 @@
 //! it records is published on the event bus.
 
 pub mod advice;
+mod cancel;
 #[cfg(feature = "test-hooks")]
 mod crash;
 mod governance;
@@ -141,8 +142,15 @@ pub struct Cycles {
     /// Held for writing by reloads and profile mutations, for reading while cycles are
     /// created, so neither sees the other half done.
     gate: tokio::sync::RwLock<()>,
+    /// Held while a strategy proposal is approved or rejected, so decisions never interleave
+    /// with an approval's change of the profile files.
+    decisions: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     running: Mutex<HashSet<Uuid>>,
+    /// The queue tasks each running cycle is waiting for now.
+    waits: Mutex<BTreeMap<Uuid, (Vec<Uuid>, CancellationToken)>>,
+    /// Cycles cancelled by hand since start: their runners stop at their next wait.
+    cancelled: Mutex<HashSet<Uuid>>,
     tracker: TaskTracker,
     /// Cancelled at the drain deadline: runners stop at their next wait.
     stop: CancellationToken,
@@ -182,8 +190,11 @@ impl Cycles {
             events,
             profiles: RwLock::new(Arc::new(ProfileSet::default())),
             gate: tokio::sync::RwLock::new(()),
+            decisions: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashSet::new()),
+            waits: Mutex::new(BTreeMap::new()),
+            cancelled: Mutex::new(HashSet::new()),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             draining: AtomicBool::new(false),

@@ -26,7 +26,7 @@ use super::{CycleContext, Cycles, CyclesError, DISPATCH_TASK_TYPE};
 use crate::audit::SYSTEM_ACTOR;
 use crate::clock::Millis;
 use crate::events::Event;
-use crate::exec::{HandlerSnapshot, HttpTarget};
+use crate::exec::{HandlerSnapshot, HttpTarget, http_circuit_target};
 use crate::queue::{NewTask, QueueError, Status, Task};
 use crate::store::codec;
 
@@ -293,7 +293,7 @@ impl Cycles {
                 timeout_s: step.timeout_seconds,
                 ..NewTask::default()
             };
-            match self.run_task(id, new).await? {
+            match self.run_task(run.id, id, new).await? {
                 TaskEnd::Succeeded(result) => {
                     if let Some(result) = result.filter(|r| !r.is_empty()) {
                         payload = result_value(&result);
@@ -348,7 +348,7 @@ impl Cycles {
                 ..NewTask::default()
             };
             match self
-                .run_task(step_task_id(run.id, Stage::Normalization, k), new)
+                .run_task(run.id, step_task_id(run.id, Stage::Normalization, k), new)
                 .await?
             {
                 TaskEnd::Succeeded(result) => match result.as_deref().map(result_value) {
@@ -434,6 +434,7 @@ impl Cycles {
                 signing_secret: e.signing_secret.as_ref().map(|t| t.expose().to_string()),
                 timeout_seconds: e.timeout_seconds,
                 target_concurrency: DISPATCH_TARGET_CONCURRENCY,
+                circuit_target: http_circuit_target(e.circuit, "dispatch", endpoint, &e.url),
             };
             let new = NewTask {
                 task_type: DISPATCH_TASK_TYPE.to_string(),
@@ -560,7 +561,11 @@ impl Cycles {
             if self.stop.is_cancelled() || (self.draining.load(Ordering::SeqCst) && !any_running) {
                 return Ok(Progress::Stopped);
             }
-            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            let wait = self.record_wait(id, waiting_for.iter().copied().collect());
+            let wake = tokio::select! {
+                wake = self.wait_for_news(&mut news, &waiting_for, delay) => wake,
+                () = wait.cancelled() => Wake::Stop,
+            };
             if let Wake::Stop = wake {
                 return Ok(Progress::Stopped);
             }

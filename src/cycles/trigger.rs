@@ -17,7 +17,7 @@ use super::profiles::{Profile, ProfileSet, RunProfile, State};
 use super::records::{append_record, load_run, save_run, write_checkpoint};
 use super::telemetry::emit;
 use super::{Cycles, CyclesError, conflict, valid_name};
-use crate::audit::SYSTEM_ACTOR;
+use crate::audit::{Event as AuditEvent, SYSTEM_ACTOR};
 use crate::clock::Millis;
 use crate::events;
 
@@ -297,9 +297,10 @@ impl Cycles {
         let paused_by_config = self.config.governance.global_pause;
         #[cfg(feature = "test-hooks")]
         let crash_before = self.crash_before(Stage::CycleStarted);
+        let audit = Arc::clone(&self.audit);
         let results = self
             .write(
-                move |t, _| -> Result<Vec<Result<Triggered, String>>, CyclesError> {
+                move |t, tx| -> Result<Vec<Result<Triggered, String>>, CyclesError> {
                     let governance = governance_view(t, paused_by_config)?;
                     if let Some((name, slot)) = schedule_update {
                         t.schedules.insert(name, slot)?;
@@ -394,6 +395,24 @@ impl Cycles {
                             json!({"slot": run.slot, "trigger": run.trigger,
                                "initiation_hash": run.initiation_hash}),
                         )?;
+                        // A key's trigger is audited with the cycle; the schedule's are not.
+                        if run.actor != SYSTEM_ACTOR {
+                            audit.append(
+                                tx,
+                                now,
+                                &AuditEvent::new(
+                                    run.actor.clone(),
+                                    "cycle.trigger",
+                                    run.id.to_string(),
+                                )
+                                .with_detail(json!({
+                                    "namespace": run.namespace,
+                                    "run_profile_id": run.run_profile_id,
+                                    "slot": run.slot,
+                                    "trigger": run.trigger,
+                                })),
+                            )?;
+                        }
                         out.push(Ok(Triggered {
                             cycle_id: run.id,
                             created: true,

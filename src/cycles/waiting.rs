@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Cycles, CyclesError};
@@ -62,7 +63,85 @@ pub(super) enum TaskEnd {
     Stopped,
 }
 
+/// Records, while it lives, which tasks a cycle waits for ([`Cycles::waiting_for`]); its
+/// token is cancelled when the cycle is cancelled.
+pub(super) struct WaitRecord<'a> {
+    cycles: &'a Cycles,
+    cycle: Uuid,
+    cancelled: CancellationToken,
+}
+
+impl WaitRecord<'_> {
+    /// Resolves once the cycle has been cancelled.
+    pub(super) async fn cancelled(&self) {
+        self.cancelled.cancelled().await;
+    }
+}
+
+impl Drop for WaitRecord<'_> {
+    fn drop(&mut self) {
+        self.cycles
+            .waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.cycle);
+    }
+}
+
 impl Cycles {
+    /// The queue tasks cycle `id` is waiting for now (none when it is not waiting).
+    pub fn waiting_for(&self, id: Uuid) -> Vec<Uuid> {
+        self.waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|(tasks, _)| tasks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Marks cycle `id` cancelled: its current wait (and any later one) ends at once. Returns
+    /// the tasks it was waiting for.
+    pub(super) fn stop_waiting(&self, id: Uuid) -> Vec<Uuid> {
+        self.cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        match self
+            .waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            Some((tasks, token)) => {
+                token.cancel();
+                tasks.clone()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Notes that `cycle` waits for `tasks` until the returned record is dropped.
+    pub(super) fn record_wait(&self, cycle: Uuid, tasks: Vec<Uuid>) -> WaitRecord<'_> {
+        let cancelled = CancellationToken::new();
+        if self
+            .cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&cycle)
+        {
+            cancelled.cancel();
+        }
+        self.waits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cycle, (tasks, cancelled.clone()));
+        WaitRecord {
+            cycles: self,
+            cycle,
+            cancelled,
+        }
+    }
+
     /// Waits until the bus has news of a task in `ids`, `delay` passes, or the runner must
     /// stop. `news` was subscribed before the tasks were last read, so no news is missed.
     pub(super) async fn wait_for_news(
@@ -92,9 +171,14 @@ impl Cycles {
         }
     }
 
-    /// Enqueues task `id` unless it exists (a stage run again after a crash finds it), then
-    /// waits for it to end.
-    pub(super) async fn run_task(&self, id: Uuid, new: NewTask) -> Result<TaskEnd, CyclesError> {
+    /// Enqueues task `id` of `cycle` unless it exists (a stage run again after a crash finds
+    /// it), then waits for it to end.
+    pub(super) async fn run_task(
+        &self,
+        cycle: Uuid,
+        id: Uuid,
+        new: NewTask,
+    ) -> Result<TaskEnd, CyclesError> {
         match self.queue.get(id).await {
             Ok(_) => {}
             Err(QueueError::NotFound(_)) => {
@@ -117,6 +201,7 @@ impl Cycles {
         let mut delay = self.fallback.first;
         let mut news = self.events.subscribe();
         let waiting_for = HashSet::from([id]);
+        let wait = self.record_wait(cycle, vec![id]);
         loop {
             let task = self.queue.get(id).await?;
             match task.status {
@@ -144,7 +229,10 @@ impl Cycles {
                     }
                 }
             }
-            let wake = self.wait_for_news(&mut news, &waiting_for, delay).await;
+            let wake = tokio::select! {
+                wake = self.wait_for_news(&mut news, &waiting_for, delay) => wake,
+                () = wait.cancelled() => Wake::Stop,
+            };
             if let Wake::Stop = wake {
                 return Ok(TaskEnd::Stopped);
             }

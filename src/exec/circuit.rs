@@ -3,21 +3,24 @@
 //! (half-open); its success closes the circuit, its failure opens it again. While open, the
 //! target's tasks wait without using attempts. State changes are persisted, so an open circuit
 //! stays open across restarts, and published on the event bus once persisted (half-opening is a
-//! matter of time, never persisted: it is published when the breaker notices it).
+//! matter of time, never persisted: it is published when the breaker notices it). An opening
+//! keeps the outcomes that tripped it. A reset is written first (with the tasks it makes due
+//! at once, and its audit entry), and only then applied in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-pub use super::model::CircuitRecord;
+use super::model::TRIP_OUTCOMES_KEPT;
+pub use super::model::{CircuitOutcome, CircuitRecord};
 use super::tables::{ReadTables, ReadableTables, Tables};
 use crate::audit::{Audit, Event as AuditEvent};
 use crate::clock::{Millis, SharedClock};
 use crate::config::CircuitConfig;
 use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
-use crate::queue::Outcome;
+use crate::queue::{Outcome, Queue, QueueError};
 use crate::store::{Store, StoreError};
 
 /// How long other tasks of a half-open target wait while its trial runs.
@@ -33,9 +36,12 @@ enum State {
 #[derive(Debug)]
 struct Breaker {
     state: State,
-    window: VecDeque<(Millis, bool)>,
+    window: VecDeque<CircuitOutcome>,
     opened_at: Option<Millis>,
     failure_ratio: f64,
+    tripped_by: Vec<CircuitOutcome>,
+    tripped_volume: u64,
+    tripped_failures: u64,
 }
 
 impl Breaker {
@@ -45,7 +51,21 @@ impl Breaker {
             window: VecDeque::new(),
             opened_at: None,
             failure_ratio: 0.0,
+            tripped_by: Vec::new(),
+            tripped_volume: 0,
+            tripped_failures: 0,
         }
+    }
+
+    /// Opens the breaker at `now` until `until`, keeping the window's latest outcomes as the
+    /// reason.
+    fn open(&mut self, now: Millis, until: Millis) {
+        self.state = State::Open { until };
+        self.opened_at = Some(now);
+        self.tripped_volume = self.window.len() as u64;
+        self.tripped_failures = self.window.iter().filter(|o| !o.healthy).count() as u64;
+        let skip = self.window.len().saturating_sub(TRIP_OUTCOMES_KEPT);
+        self.tripped_by = self.window.iter().skip(skip).cloned().collect();
     }
 
     fn record(&self) -> CircuitRecord {
@@ -59,6 +79,9 @@ impl Breaker {
             opened_at: self.opened_at,
             open_until,
             failure_ratio: self.failure_ratio,
+            tripped_by: self.tripped_by.clone(),
+            tripped_volume: self.tripped_volume,
+            tripped_failures: self.tripped_failures,
         }
     }
 }
@@ -78,6 +101,12 @@ pub struct CircuitView {
     pub opened_at: Option<Millis>,
     /// When an open circuit lets a trial through.
     pub open_until: Option<Millis>,
+    /// The failure ratio of the window that last opened it.
+    pub tripped_failure_ratio: f64,
+    /// How many outcomes that window held.
+    pub tripped_volume: u64,
+    /// Its latest outcomes, oldest first: why the circuit opened.
+    pub tripped_by: Vec<CircuitOutcome>,
 }
 
 /// Errors of circuit operations.
@@ -89,12 +118,16 @@ pub enum CircuitError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// Every target's breaker.
 pub struct Circuits {
     config: CircuitConfig,
     store: Arc<Store>,
+    queue: Arc<Queue>,
     audit: Arc<Audit>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -103,12 +136,15 @@ pub struct Circuits {
 }
 
 /// Whether an outcome says something about the target's health: `Some(true)` healthy,
-/// `Some(false)` failing, `None` neither (a client error, a cancellation, a deferral).
-fn health_signal(outcome: &Outcome) -> Option<bool> {
+/// `Some(false)` failing, `None` neither (a client error, a cancellation, a deferral); with the
+/// error class of a failure.
+fn health_signal(outcome: &Outcome) -> Option<(bool, Option<&str>)> {
     match outcome {
-        Outcome::Succeeded { .. } => Some(true),
-        Outcome::Retry { .. } => Some(false),
-        Outcome::Fail { class, .. } => (!class.starts_with("http_4")).then_some(false),
+        Outcome::Succeeded { .. } => Some((true, None)),
+        Outcome::Retry { class, .. } => Some((false, Some(class))),
+        Outcome::Fail { class, .. } => {
+            (!class.starts_with("http_4")).then_some((false, Some(class.as_str())))
+        }
         Outcome::Defer { .. } | Outcome::Cancelled | Outcome::Interrupted => None,
     }
 }
@@ -118,6 +154,7 @@ impl Circuits {
     pub fn load(
         config: CircuitConfig,
         store: Arc<Store>,
+        queue: Arc<Queue>,
         audit: Arc<Audit>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
@@ -141,6 +178,9 @@ impl Circuits {
                         window: VecDeque::new(),
                         opened_at: record.opened_at,
                         failure_ratio: record.failure_ratio,
+                        tripped_by: record.tripped_by,
+                        tripped_volume: record.tripped_volume,
+                        tripped_failures: record.tripped_failures,
                     },
                 );
             }
@@ -149,6 +189,7 @@ impl Circuits {
         let circuits = Circuits {
             config,
             store,
+            queue,
             audit,
             clock,
             metrics,
@@ -212,6 +253,19 @@ impl Circuits {
         blocked
     }
 
+    /// Until when tasks of `target` are held back, without changing the breaker: the trial time
+    /// of an open circuit, or shortly after now while its half-open trial runs.
+    pub fn blocked_until(&self, target: &str) -> Option<Millis> {
+        let now = self.clock.now_ms();
+        match self.lock().get(target)?.state {
+            State::Open { until } if until > now => Some(until),
+            State::HalfOpen {
+                trial_running: true,
+            } => Some(now + TRIAL_WAIT_MS),
+            _ => None,
+        }
+    }
+
     /// Asks to run one task against `target`: `Err(until)` when it must wait (the circuit is
     /// open, or its half-open trial is already running).
     pub fn admit(&self, target: &str) -> Result<(), Millis> {
@@ -253,7 +307,7 @@ impl Circuits {
 
     /// Feeds an attempt's outcome into `target`'s breaker.
     pub async fn record(&self, target: &str, outcome: &Outcome) -> Result<(), StoreError> {
-        let Some(healthy) = health_signal(outcome) else {
+        let Some((healthy, class)) = health_signal(outcome) else {
             // A trial that said nothing about health frees the slot for another trial.
             if let Some(b) = self.lock().get_mut(target)
                 && b.state
@@ -274,15 +328,15 @@ impl Circuits {
                 .entry(target.to_string())
                 .or_insert_with(Breaker::closed);
             let window_start = now - self.config.window_seconds as i64 * 1000;
-            breaker.window.push_back((now, healthy));
-            while breaker
-                .window
-                .front()
-                .is_some_and(|(t, _)| *t < window_start)
-            {
+            breaker.window.push_back(CircuitOutcome {
+                at: now,
+                healthy,
+                class: class.map(str::to_string),
+            });
+            while breaker.window.front().is_some_and(|o| o.at < window_start) {
                 breaker.window.pop_front();
             }
-            let failures = breaker.window.iter().filter(|(_, ok)| !ok).count();
+            let failures = breaker.window.iter().filter(|o| !o.healthy).count();
             let volume = breaker.window.len();
             breaker.failure_ratio = failures as f64 / volume as f64;
             let open_until = now + self.config.open_seconds as i64 * 1000;
@@ -293,16 +347,22 @@ impl Circuits {
                     Some(breaker.record())
                 }
                 State::HalfOpen { .. } => {
-                    breaker.state = State::Open { until: open_until };
-                    breaker.opened_at = Some(now);
+                    // The failed trial alone reopens it: it is the reason shown.
+                    breaker.window.clear();
+                    breaker.window.push_back(CircuitOutcome {
+                        at: now,
+                        healthy,
+                        class: class.map(str::to_string),
+                    });
+                    breaker.failure_ratio = 1.0;
+                    breaker.open(now, open_until);
                     Some(breaker.record())
                 }
                 State::Closed
                     if volume as u64 >= self.config.min_volume
                         && breaker.failure_ratio > self.config.threshold =>
                 {
-                    breaker.state = State::Open { until: open_until };
-                    breaker.opened_at = Some(now);
+                    breaker.open(now, open_until);
                     tracing::warn!(
                         target_name = target,
                         ratio = breaker.failure_ratio,
@@ -341,8 +401,8 @@ impl Circuits {
                 let recent: Vec<bool> = b
                     .window
                     .iter()
-                    .filter(|(t, _)| *t >= window_start)
-                    .map(|(_, ok)| *ok)
+                    .filter(|o| o.at >= window_start)
+                    .map(|o| o.healthy)
                     .collect();
                 let failures = recent.iter().filter(|ok| !**ok).count();
                 CircuitView {
@@ -363,38 +423,69 @@ impl Circuits {
                         State::Open { until } => Some(until),
                         _ => None,
                     },
+                    tripped_failure_ratio: if b.tripped_volume == 0 {
+                        0.0
+                    } else {
+                        b.tripped_failures as f64 / b.tripped_volume as f64
+                    },
+                    tripped_volume: b.tripped_volume,
+                    tripped_by: b.tripped_by.clone(),
                 }
             })
             .collect()
     }
 
-    /// Closes a circuit by hand (audited).
+    /// Closes a circuit by hand (audited). The closed state, the tasks it held back made due at
+    /// once and the audit entry commit together; only then does the breaker close in memory, so
+    /// a failed write leaves it as it was.
     pub async fn reset(&self, actor: &str, name: &str) -> Result<CircuitView, CircuitError> {
-        let (record, was_closed) = {
-            let mut breakers = self.lock();
-            let breaker = breakers
-                .get_mut(name)
-                .ok_or_else(|| CircuitError::NotFound(name.to_string()))?;
-            let was_closed = breaker.state == State::Closed;
-            breaker.state = State::Closed;
-            breaker.window.clear();
-            breaker.failure_ratio = 0.0;
-            (breaker.record(), was_closed)
-        };
         let now = self.clock.now_ms();
-        let audit = Arc::clone(&self.audit);
+        let (record, held_until, was_closed) = {
+            let breakers = self.lock();
+            let breaker = breakers
+                .get(name)
+                .ok_or_else(|| CircuitError::NotFound(name.to_string()))?;
+            let held_until = match breaker.state {
+                State::Open { until } => until.max(now + TRIAL_WAIT_MS),
+                _ => now + TRIAL_WAIT_MS,
+            };
+            let record = CircuitRecord {
+                state: "closed".into(),
+                opened_at: breaker.opened_at,
+                open_until: None,
+                failure_ratio: 0.0,
+                tripped_by: breaker.tripped_by.clone(),
+                tripped_volume: breaker.tripped_volume,
+                tripped_failures: breaker.tripped_failures,
+            };
+            (record, held_until, breaker.state == State::Closed)
+        };
+        let (audit, queue) = (Arc::clone(&self.audit), Arc::clone(&self.queue));
         let (key, actor) = (name.to_string(), actor.to_string());
-        self.store
-            .write(move |tx| -> Result<(), StoreError> {
-                Tables::open(tx)?.put_circuit(&key, &record)?;
+        let made_due = self
+            .store
+            .write(move |tx| -> Result<usize, CircuitError> {
+                Tables::open(tx)
+                    .map_err(StoreError::from)?
+                    .put_circuit(&key, &record)?;
+                let made_due = queue.make_target_due(tx, &key, held_until, now)?;
                 audit.append(
                     tx,
                     now,
-                    &AuditEvent::new(actor.clone(), "circuit.reset", key.clone()),
+                    &AuditEvent::new(actor.clone(), "circuit.reset", key.clone())
+                        .with_detail(serde_json::json!({ "tasks_made_due": made_due })),
                 )?;
-                Ok(())
+                Ok(made_due)
             })
             .await?;
+        if let Some(breaker) = self.lock().get_mut(name) {
+            breaker.state = State::Closed;
+            breaker.window.clear();
+            breaker.failure_ratio = 0.0;
+        }
+        if made_due > 0 {
+            self.queue.notify();
+        }
         self.publish_gauge(name);
         if !was_closed {
             self.events.publish(Event::CircuitClosed {

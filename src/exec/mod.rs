@@ -16,6 +16,7 @@ pub mod orphans;
 pub mod snapshot;
 pub mod stderr;
 mod tables;
+mod waiting;
 pub mod workflow;
 
 use std::collections::HashMap;
@@ -42,7 +43,10 @@ use http::HttpExecutor;
 use llm::LlmExecutor;
 use workflow::{StepRunner, WorkflowExecutor};
 
-pub use snapshot::{HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, url_host};
+pub use snapshot::{
+    HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, http_circuit_target, url_host,
+};
+pub use waiting::Waiting;
 
 /// Runs leased tasks; shared by the dispatcher's spawned executions.
 pub struct Dispatcher {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, HandlerConfig};
+use crate::config::{CircuitScope, Config, HandlerConfig};
 use crate::queue::{Handlers, Handling, Snapshot, Task};
 use crate::store::StoreError;
 use crate::store::codec::Record;
@@ -121,6 +121,8 @@ pub struct HttpTarget {
     pub timeout_seconds: u64,
     /// Requests in flight to the host at once.
     pub target_concurrency: u32,
+    /// The circuit breaker in front of it (see [`http_circuit_target`]).
+    pub circuit_target: String,
 }
 
 impl HttpTarget {
@@ -135,10 +137,25 @@ impl HttpTarget {
                 target_concurrency: self.target_concurrency,
             }
             .to_snapshot(),
-            target: format!("http:{}", url_host(&self.url)),
+            target: self.circuit_target.clone(),
             timeout_s: self.timeout_seconds,
             max_attempts: None,
         }
+    }
+}
+
+/// The circuit breaker target of an http handler or dispatch endpoint: its own
+/// (`<owner_kind>:<owner>`, e.g. `handler:notify`, `dispatch:crm`) or its URL host's
+/// (`http:<host>`).
+pub fn http_circuit_target(
+    scope: CircuitScope,
+    owner_kind: &str,
+    owner: &str,
+    url: &str,
+) -> String {
+    match scope {
+        CircuitScope::PerHandler => format!("{owner_kind}:{owner}"),
+        CircuitScope::PerHost => format!("http:{}", url_host(url)),
     }
 }
 
@@ -194,7 +211,7 @@ impl Snapshots {
                     signing_secret: h.signing_secret.as_ref().map(|t| t.expose().to_string()),
                     target_concurrency: h.target_concurrency as u32,
                 },
-                target: format!("http:{}", url_host(&h.url)),
+                target: http_circuit_target(h.circuit, "handler", task_type, &h.url),
                 timeout_s: h.timeout_seconds,
                 max_attempts: h.max_attempts,
             },

@@ -17,8 +17,8 @@ use super::models::ErrorBody;
 use super::models::cycles::{
     CycleDetail, CycleTriggered, ExecutionRecord, ExecutionRecords, GovernanceOne, LedgerEntry,
     Profile, ProfileList, Proposal, ProposalOne, Proposals, Reason, RecentCycle, RecentCycles,
-    Reloaded, RunProfile, RunProfileList, RunProfileRun, RunProfilesTriggered, Signal, SignalOne,
-    Signals, Telemetry, TelemetryEvent, TriggerCycle, TriggerRunProfiles, ValueLedger,
+    RunProfile, RunProfileList, RunProfileRun, RunProfilesTriggered, Signal, SignalOne, Signals,
+    Telemetry, TelemetryEvent, TriggerCycle, TriggerRunProfiles, ValueLedger,
 };
 use crate::clock::Millis;
 use crate::cycles::telemetry::TelemetryFilter;
@@ -88,26 +88,6 @@ pub(super) async fn schema_get(ApiPath(name): ApiPath<String>) -> Result<Respons
         ))
     })?;
     Ok(([(header::CONTENT_TYPE, "application/schema+json")], schema).into_response())
-}
-
-/// Reloads the profile files.
-///
-/// Refused as a whole (with every problem) when they are invalid, or while a cycle runs.
-/// Audited.
-#[utoipa::path(post, path = "/api/v1/config/reload", tag = "profiles", operation_id = "config_reload",
-    responses(
-        (status = 200, description = "What the reload found", body = Reloaded),
-        (status = 409, description = "A cycle is running", body = ErrorBody),
-        (status = 422, description = "The files are invalid: `error.errors` lists every problem",
-            body = ErrorBody,
-            example = json!({"error": {"code": "invalid_config", "message": "the profile configuration has 1 error:\n  profiles.json at /0/state: \"on\" is not one of \"enabled\" or \"disabled\"", "errors": [{"file": "profiles.json", "pointer": "/0/state", "message": "\"on\" is not one of \"enabled\" or \"disabled\""}]}})),
-    ))]
-pub(super) async fn config_reload(
-    State(app): State<AppState>,
-    Caller(principal): Caller,
-) -> Result<Json<Reloaded>, ApiError> {
-    let report = app.cycles.reload(&principal.actor()).await?;
-    Ok(Json(report.into()))
 }
 
 /// Starts a cycle.
@@ -217,7 +197,10 @@ pub(super) async fn cycles_get(
     IdPath(id): IdPath,
 ) -> Result<Json<CycleDetail>, ApiError> {
     let d = app.cycles.detail(id).await?;
-    Ok(Json(CycleDetail::from(&d)))
+    Ok(Json(CycleDetail {
+        waiting_on: super::cycle_runs::waiting_on(&app, id).await?,
+        ..CycleDetail::from(&d)
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

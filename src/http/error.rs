@@ -196,6 +196,7 @@ impl From<CircuitError> for ApiError {
         match e {
             CircuitError::NotFound(_) => Self::not_found(e.to_string()),
             CircuitError::Store(s) => s.into(),
+            CircuitError::Queue(q) => q.into(),
         }
     }
 }

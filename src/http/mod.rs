@@ -6,6 +6,7 @@
 pub mod admin;
 mod api;
 mod budgets;
+mod cycle_runs;
 mod cycles;
 pub mod error;
 mod extract;
@@ -115,11 +116,12 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/api/v1/profiles", R(Viewer), get(cycles::profiles_list)),
         route(Method::GET, "/api/v1/run-profiles", R(Viewer), get(cycles::run_profiles_list)),
         route(Method::GET, "/api/v1/schemas/{name}", R(Viewer), get(cycles::schema_get)),
-        route(Method::POST, "/api/v1/config/reload", R(Operator), post(cycles::config_reload)),
+        route(Method::POST, "/api/v1/config/reload", R(Operator), post(cycle_runs::config_reload)),
         route(Method::POST, "/api/v1/cycles/trigger", R(Service), post(cycles::cycles_trigger)),
         route(Method::POST, "/api/v1/run-profiles/trigger", R(Service), post(cycles::run_profiles_trigger)),
         route(Method::GET, "/api/v1/cycles/recent", R(Viewer), get(cycles::cycles_recent)),
         route(Method::GET, "/api/v1/cycles/{id}", R(Viewer), get(cycles::cycles_get)),
+        route(Method::POST, "/api/v1/cycles/{id}/cancel", R(Operator), post(cycle_runs::cycles_cancel)),
         route(Method::GET, "/api/v1/execution-records", R(Viewer), get(cycles::execution_records)),
         route(Method::GET, "/api/v1/value-ledger", R(Viewer), get(cycles::value_ledger)),
         route(Method::GET, "/api/v1/telemetry", R(Viewer), get(cycles::telemetry)),
@@ -173,6 +175,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/admin/cycles/resume", S(Operator), post(admin::cycles::resume)),
         route(Method::POST, "/admin/cycles/halt", S(Operator), post(admin::cycles::halt)),
         route(Method::POST, "/admin/cycles/namespaces/{ns}/resume", S(Operator), post(admin::cycles::resume_namespace)),
+        route(Method::POST, "/admin/cycles/{id}/cancel", S(Operator), post(admin::cycles::cancel)),
         route(Method::GET, "/admin/cycles/{id}", S(Viewer), get(admin::cycles::detail)),
         route(Method::GET, "/admin/budgets", S(Viewer), get(admin::budgets::page)),
         route(Method::POST, "/admin/budgets/{provider}", S(Operator), post(admin::budgets::set)),

@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::middleware::Access;
 use super::models::ErrorBody;
-use super::{RouteSpec, api, budgets, cycles, hooks, operations, tasks};
+use super::{RouteSpec, api, budgets, cycle_runs, cycles, hooks, operations, tasks};
 use crate::auth::Role;
 
 #[derive(OpenApi)]
@@ -51,7 +51,7 @@ use crate::auth::Role;
         operations::pause_type, operations::resume_type, operations::daily,
         budgets::list, budgets::set,
         cycles::profiles_list, cycles::run_profiles_list, cycles::schema_get,
-        cycles::config_reload, cycles::cycles_trigger, cycles::run_profiles_trigger,
+        cycle_runs::config_reload, cycle_runs::cycles_cancel, cycles::cycles_trigger, cycles::run_profiles_trigger,
         cycles::cycles_recent, cycles::cycles_get, cycles::execution_records,
         cycles::value_ledger, cycles::telemetry, cycles::telemetry_replay,
         cycles::signals_create, cycles::signals_list, cycles::proposals_create,

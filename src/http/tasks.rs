@@ -106,7 +106,7 @@ pub(super) async fn get(
 ) -> Result<Json<TaskOne>, ApiError> {
     let task = app.queue.get(id).await?;
     Ok(Json(TaskOne {
-        task: (&task).into(),
+        task: models::Task::with_waiting(&task, &app.dispatcher, app.clock.now_ms()),
     }))
 }
 
@@ -164,7 +164,11 @@ pub(super) async fn list(
         })
         .await?;
     Ok(Json(TaskList {
-        tasks: page.tasks.iter().map(models::Task::from).collect(),
+        tasks: page
+            .tasks
+            .iter()
+            .map(|t| models::Task::with_waiting(t, &app.dispatcher, app.clock.now_ms()))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }

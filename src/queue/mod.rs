@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::audit::{Audit, Event as AuditEvent};
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::events::{Event, EventBus};
 use crate::store::{Store, StoreError};
@@ -282,6 +282,40 @@ impl Queue {
             self.publish_transitions([&task]);
         }
         Ok(task)
+    }
+
+    /// Makes the waiting tasks behind circuit `target` that are due no later than `until` due
+    /// now, inside the caller's write transaction (a circuit reset commits this with its own
+    /// record). Returns how many moved; call [`Queue::notify`] after the commit.
+    pub fn make_target_due(
+        &self,
+        tx: &WriteTransaction,
+        target: &str,
+        until: Millis,
+        now: Millis,
+    ) -> Result<usize, QueueError> {
+        let mut t = Tables::open(tx, &*self.handlers);
+        let delayed: Vec<(i64, u128)> = t
+            .delayed()?
+            .range(..=(until, u128::MAX))?
+            .map(|r| r.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        let mut moved = 0;
+        for (_, raw) in delayed {
+            let Some(mut task) = t.task(Uuid::from_u128(raw))? else {
+                continue;
+            };
+            if task.target != target || !task.status.is_waiting() {
+                continue;
+            }
+            indexes::unschedule(&mut t, &task)?;
+            task.due_at = now;
+            task.updated_at = now;
+            indexes::schedule(&mut t, &task, now)?;
+            t.save(&task)?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// Task counts by status and type.

@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use redb::{Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction,
+};
 use tokio::sync::oneshot;
 
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 8;
+pub const SCHEMA_VERSION: u64 = 9;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -316,6 +318,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_cycles_tables,
     create_task_type_and_daily_tables,
     create_running_commands_table,
+    upgrade_circuit_records,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -389,6 +392,37 @@ fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::cycles::GOVERNANCE)?;
     tx.open_table(tables::cycles::PROFILE_VERSIONS)?;
     Ok(())
+}
+
+/// Rewrites version-1 circuit records as version 2, which adds the outcomes that opened the
+/// circuit (none known for an old record) and the window's volume and failures then (0).
+fn upgrade_circuit_records(tx: &WriteTransaction) -> Result<(), StoreError> {
+    let mut table = tx.open_table(tables::exec::CIRCUITS)?;
+    let mut upgraded = Vec::new();
+    for row in table.iter()? {
+        let (name, bytes) = row?;
+        if let Some(v2) = upgrade_circuit_record_v1(bytes.value()) {
+            upgraded.push((name.value().to_string(), v2));
+        }
+    }
+    for (name, bytes) in upgraded {
+        table.insert(name.as_str(), bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+/// A version-1 circuit record re-encoded as version 2; `None` for any other version. postcard
+/// writes a struct as its fields in order, so version 2 is the version-1 body followed by an
+/// empty outcome list (length 0), a zero volume and zero failures, each one varint byte.
+pub fn upgrade_circuit_record_v1(bytes: &[u8]) -> Option<Vec<u8>> {
+    let (&version, body) = bytes.split_first()?;
+    (version == 1).then(|| {
+        let mut v2 = Vec::with_capacity(bytes.len() + 3);
+        v2.push(2);
+        v2.extend_from_slice(body);
+        v2.extend_from_slice(&[0, 0, 0]);
+        v2
+    })
 }
 
 fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {

@@ -237,6 +237,7 @@ fn http_handler(url: &str) -> HttpHandlerConfig {
         signing_secret: None,
         timeout_seconds: 5,
         target_concurrency: 8,
+        circuit: Default::default(),
         concurrency: None,
         max_attempts: Some(1),
     }
@@ -731,7 +732,7 @@ fn pages_show_only_the_actions_of_the_role() {
     let circuits = posts_on(operator, "/admin/circuits");
     assert_eq!(circuits.len(), 1, "{circuits:?}");
     assert!(
-        circuits[0].starts_with("/admin/circuits/http%3A127.0.0.1%3A"),
+        circuits[0].starts_with("/admin/circuits/handler%3A"),
         "{circuits:?}"
     );
     let nav = operator.get("/admin").body;

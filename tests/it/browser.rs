@@ -307,6 +307,7 @@ fn http_handler(url: &str) -> HttpHandlerConfig {
         signing_secret: None,
         timeout_seconds: 5,
         target_concurrency: 8,
+        circuit: Default::default(),
         concurrency: None,
         max_attempts: Some(1),
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::config::{HandlerConfig, HttpHandlerConfig};
+use keel::config::{CircuitScope, HandlerConfig, HttpHandlerConfig};
 use keel::events::{Event, Received, Subscription};
 use keel::exec::circuit::CircuitRecord;
 use keel::queue::Status;
@@ -26,6 +26,7 @@ fn http(url: &str) -> HttpHandlerConfig {
         signing_secret: None,
         timeout_seconds: 30,
         target_concurrency: 8,
+        circuit: CircuitScope::PerHost,
         concurrency: None,
         max_attempts: None,
     }

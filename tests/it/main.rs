@@ -4,8 +4,10 @@
 mod admin;
 mod api;
 mod browser;
+mod circuits;
 mod cli;
 mod crash;
+mod cycle_audit;
 mod cycles;
 mod cycles_crash;
 mod doctor;
@@ -23,6 +25,7 @@ mod roles;
 mod support;
 mod tamper;
 mod tidy;
+mod waiting;
 mod workflow;
 
 /// The harness starts, serves and stops; the first start writes an admin key that works.

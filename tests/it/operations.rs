@@ -21,6 +21,7 @@ fn http(url: &str) -> HttpHandlerConfig {
         target_concurrency: 8,
         concurrency: None,
         max_attempts: None,
+        circuit: Default::default(),
     }
 }
 

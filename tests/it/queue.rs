@@ -14,7 +14,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use keel::clock::{Clock, rfc3339};
-use keel::config::{CommandHandlerConfig, Config, HandlerConfig, HttpHandlerConfig, Secret};
+use keel::config::{
+    CircuitScope, CommandHandlerConfig, Config, HandlerConfig, HttpHandlerConfig, Secret,
+};
 use keel::queue::{Completion, Outcome, Status};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -36,6 +38,7 @@ fn http(url: &str) -> HttpHandlerConfig {
         signing_secret: None,
         timeout_seconds: 30,
         target_concurrency: 8,
+        circuit: CircuitScope::PerHost,
         concurrency: None,
         max_attempts: None,
     }
@@ -1509,7 +1512,7 @@ fn a_failing_target_opens_its_circuit_then_one_trial_closes_it() {
 }
 
 /// An open circuit survives a restart; a viewer cannot reset it; an operator can (audited with
-/// the key id), which closes it at once and lets its tasks run.
+/// the key id), which closes it at once and makes the tasks it held back due at once.
 #[test]
 fn circuits_survive_restarts_and_an_operator_resets_them() {
     let receiver = Receiver::start();
@@ -1568,17 +1571,21 @@ fn circuits_survive_restarts_and_an_operator_resets_them() {
     let r = app.request("POST", &reset, Some(&operator), None);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["circuit"]["state"], "closed", "{}", r.body);
-    assert_eq!(
-        audit_entry(&app, "circuit.reset", &target)["actor"],
-        operator_id
-    );
+    let entry = audit_entry(&app, "circuit.reset", &target);
+    assert_eq!(entry["actor"], operator_id);
+    assert_eq!(entry["detail"]["tasks_made_due"], 3, "{entry}");
     assert_eq!(sample(&metrics(&app), &gauge), Some(0.0));
-    // The waiting tasks were moved to the old trial time; they run once it comes.
-    set_clock(&app, ms(&open_until));
+    // The reset made the tasks the circuit held back due at once: they run without the clock
+    // reaching the old trial time.
+    for id in &ids {
+        let t = task(&app, id);
+        assert!(ms(&t["due_at"]) < ms(&open_until), "{t}");
+    }
     for id in &ids {
         wait_status(&app, id, "succeeded");
     }
     assert_eq!(receiver.count(), 6);
+    assert!(now(&app) < ms(&open_until));
 }
 
 // ---------------------------------------------------------------------------------------------

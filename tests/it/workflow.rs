@@ -42,6 +42,7 @@ fn http(url: String) -> HandlerConfig {
         signing_secret: None,
         timeout_seconds: 30,
         target_concurrency: 8,
+        circuit: Default::default(),
         concurrency: None,
         max_attempts: None,
     })

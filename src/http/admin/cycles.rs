@@ -279,6 +279,8 @@ pub struct CyclePage {
     dispatches: Vec<DispatchRow>,
     records: usize,
     ledger: usize,
+    /// The tasks it waits for now: (task id, status, what holds it back).
+    waiting_on: Vec<(String, &'static str, String)>,
 }
 
 /// `GET /admin/cycles/{id}`.
@@ -339,6 +341,16 @@ pub async fn detail(
             finished: rec.finished_at.map_or("—".into(), time),
         })
         .collect();
+    let mut waiting_on = Vec::new();
+    for task_id in app.cycles.waiting_for(id) {
+        if let Ok(task) = app.queue.get(task_id).await {
+            let holds = app.dispatcher.waiting(&task, now).map_or_else(
+                || "nothing holds it back".to_string(),
+                |w| super::tasks::waiting_text(&w, now),
+            );
+            waiting_on.push((task_id.to_string(), task.status.as_str(), holds));
+        }
+    }
     Ok(CyclePage {
         l: ctx.layout("Cycle", "cycles"),
         id: r.id.to_string(),
@@ -362,6 +374,7 @@ pub async fn detail(
         dispatches,
         records: d.records.len(),
         ledger: d.ledger.len(),
+        waiting_on,
     })
 }
 
@@ -415,6 +428,21 @@ pub async fn trigger_run_profiles(
 ) -> Result<Redirect, AdminError> {
     app.cycles.trigger_run_profiles(&ctx.actor(), None).await?;
     Ok(Redirect::to("/admin/cycles?msg=run_profiles_triggered"))
+}
+
+/// `POST /admin/cycles/{id}/cancel`: cancels a running cycle (audited as `cycle.cancel`), as
+/// `POST /api/v1/cycles/{id}/cancel` does.
+pub async fn cancel(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+) -> Result<Redirect, AdminError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| AdminError::bad_request(format!("`{id}` is not a valid cycle id")))?;
+    app.cycles.cancel(&ctx.actor(), id).await?;
+    Ok(Redirect::to(&format!(
+        "/admin/cycles/{id}?msg=cycle_cancelled"
+    )))
 }
 
 /// A form with an optional reason.

@@ -120,7 +120,11 @@ async fn dlq_page(
         types,
         error_classes: stats.by_error_class.keys().cloned().collect(),
         task_type: type_name,
-        rows: page.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: page
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
         next,
         preview,
     })
@@ -178,7 +182,11 @@ pub async fn drain(
     let preview = Preview {
         filter_type: filter.unwrap_or_default(),
         max,
-        rows: report.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: report
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
     };
     let page = dlq_page(&app, &ctx, DlqQuery::default(), Some(preview)).await?;
     Ok(render(&page))

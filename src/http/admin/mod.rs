@@ -280,6 +280,7 @@ fn flash_message(code: &str) -> Option<&'static str> {
         "resumed" => "Cycles resumed.",
         "halted" => "Namespace halted.",
         "namespace_resumed" => "Namespace resumed.",
+        "cycle_cancelled" => "Cycle cancelled.",
         _ => return None,
     })
 }

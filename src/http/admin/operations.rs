@@ -151,7 +151,11 @@ pub async fn search(
         })
         .await?;
     let now = app.clock.now_ms();
-    page.rows = found.tasks.iter().map(|t| TaskRow::of(t, now)).collect();
+    page.rows = found
+        .tasks
+        .iter()
+        .map(|t| TaskRow::of(t, now, &app.dispatcher))
+        .collect();
     page.scanned = found.scanned;
     page.next = found.next_cursor.map(|c| {
         format!(
@@ -208,7 +212,7 @@ pub async fn scheduled(
             .tasks
             .iter()
             .map(|t| ScheduledRow {
-                task: TaskRow::of(t, now),
+                task: TaskRow::of(t, now, &app.dispatcher),
                 due: ago(now, t.due_at),
                 due_at: time(t.due_at),
             })

@@ -17,7 +17,7 @@ use super::{
     time_opt,
 };
 use crate::config::redact_url;
-use crate::exec::HandlerSnapshot;
+use crate::exec::{Dispatcher, HandlerSnapshot, Waiting};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -47,11 +47,13 @@ pub struct TaskRow {
     pub updated: String,
     /// The last error class, if any.
     pub error: String,
+    /// What holds a waiting task back (`circuit_open`, …), with its detail; empty otherwise.
+    pub waiting: Option<(&'static str, String)>,
 }
 
 impl TaskRow {
-    /// The row of `t` at `now`.
-    pub fn of(t: &Task, now: i64) -> TaskRow {
+    /// The row of `t` at `now`, with what holds it back as `dispatcher` says.
+    pub fn of(t: &Task, now: i64, dispatcher: &Dispatcher) -> TaskRow {
         let id = t.id.to_string();
         TaskRow {
             short_id: id[id.len() - 12..].to_string(),
@@ -63,6 +65,9 @@ impl TaskRow {
             created_at: time(t.created_at),
             updated: ago(now, t.updated_at),
             error: t.last_error_class().unwrap_or("").to_string(),
+            waiting: dispatcher
+                .waiting(t, now)
+                .map(|w| (w.reason, waiting_text(&w, now))),
         }
     }
 }
@@ -217,7 +222,11 @@ async fn list_page(
     });
     Ok(TasksPage {
         l: ctx.layout("Tasks", "tasks"),
-        rows: page.tasks.iter().map(|t| TaskRow::of(t, now)).collect(),
+        rows: page
+            .tasks
+            .iter()
+            .map(|t| TaskRow::of(t, now, &app.dispatcher))
+            .collect(),
         chips,
         types: types.into_iter().collect(),
         status: status_name.to_string(),
@@ -262,7 +271,11 @@ pub async fn live_list(
         .await?;
     let (counts, _) = status_counts(&app, task_type.as_deref()).await?;
     let now = app.clock.now_ms();
-    let rows: Vec<TaskRow> = page.tasks.iter().map(|t| TaskRow::of(t, now)).collect();
+    let rows: Vec<TaskRow> = page
+        .tasks
+        .iter()
+        .map(|t| TaskRow::of(t, now, &app.dispatcher))
+        .collect();
     let html = TaskRows { rows: &rows }
         .render()
         .map_err(ApiError::internal)?;
@@ -516,6 +529,7 @@ fn attempts(t: &Task) -> Vec<AttemptRow> {
 pub struct TaskPage {
     l: Layout,
     t: TaskView,
+    waiting: Option<String>,
     attempts: Vec<AttemptRow>,
     logs: Vec<(u32, String)>,
     next_line: u32,
@@ -569,12 +583,25 @@ pub async fn detail(
     Ok(TaskPage {
         l: ctx.layout(format!("Task {}", task.task_type), "tasks"),
         t: view(&task, now, created_by),
+        waiting: app
+            .dispatcher
+            .waiting(&task, now)
+            .map(|w| waiting_text(&w, now)),
         attempts: attempts(&task),
         logs,
         next_line,
         earlier_logs,
         later_logs,
     })
+}
+
+/// `Waiting (circuit_open): the circuit handler:notify is open; tried again at … (in 9 min).`
+pub fn waiting_text(w: &Waiting, now: i64) -> String {
+    let when = w.until.map_or_else(
+        || "tried again when a running task of its type ends".to_string(),
+        |t| format!("tried again at {} ({})", time(t), ago(now, t)),
+    );
+    format!("Waiting ({}): {}; {when}.", w.reason, w.detail)
 }
 
 /// `POST /admin/tasks/{id}/cancel`: the queue room's cancel (audited), and a running attempt is

@@ -13,8 +13,9 @@ pub use super::advice::{
     Governance, GovernanceFlag, GovernanceOne, Proposal, ProposalOne, Proposals, Reason, Signal,
     SignalOne, Signals, Telemetry, TelemetryEvent,
 };
-use super::tasks::{Attempt, TaskStatus};
+use super::tasks::{Attempt, TaskStatus, Waiting};
 use super::{Timestamp, json_text, time_opt};
+use crate::clock::Millis;
 use crate::config::redact_url;
 use crate::cycles::model::{
     Checkpoint, CycleRun, CycleStatus, DispatchRecord, ExecutionRecord as StoredRecord,
@@ -22,6 +23,7 @@ use crate::cycles::model::{
 };
 use crate::cycles::profiles::{self, ExecutionRules as StoredRules, State, Step as StoredStep};
 use crate::cycles::{CycleSummary, ReloadReport, RunProfileOutcome, Triggered};
+use crate::{exec, queue};
 
 /// Whether a profile or run profile takes part in cycles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -590,6 +592,42 @@ pub struct CycleDetail {
     pub records: Vec<ExecutionRecord>,
     /// Its value ledger entries.
     pub ledger: Vec<LedgerEntry>,
+    /// The queue tasks a running cycle waits for now, each with what it waits on.
+    pub waiting_on: Vec<CycleWait>,
+}
+
+/// `POST /api/v1/cycles/{id}/cancel`: the cancelled cycle.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CycleCancelled {
+    /// The cycle, now failed with error `cancelled by <key>`.
+    pub cycle: Cycle,
+}
+
+/// A queue task a running cycle waits for.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CycleWait {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its type.
+    #[schema(example = "cycle.dispatch")]
+    pub task_type: String,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// What it waits on besides its due time (an open circuit, a spent budget, a concurrency
+    /// limit), and when it will be tried again; null when nothing holds it back.
+    pub waiting: Option<Waiting>,
+}
+
+impl CycleWait {
+    /// `task` as a cycle waits for it, with what it waits on (asked of the dispatcher now).
+    pub fn of(task: &queue::Task, dispatcher: &exec::Dispatcher, now: Millis) -> CycleWait {
+        CycleWait {
+            task_id: task.id,
+            task_type: task.task_type.clone(),
+            status: task.status.into(),
+            waiting: dispatcher.waiting(task, now).as_ref().map(Waiting::from),
+        }
+    }
 }
 
 impl From<&crate::cycles::CycleDetail> for CycleDetail {
@@ -615,6 +653,7 @@ impl From<&crate::cycles::CycleDetail> for CycleDetail {
                 .collect(),
             records: d.records.iter().map(ExecutionRecord::from).collect(),
             ledger: d.ledger.iter().map(LedgerEntry::from).collect(),
+            waiting_on: Vec::new(),
         }
     }
 }

@@ -9,9 +9,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Timestamp, time_opt};
+use crate::clock::Millis;
 use crate::config::redact_url;
-use crate::exec::HandlerSnapshot;
 use crate::exec::circuit::CircuitView;
+use crate::exec::{self, HandlerSnapshot};
 use crate::queue;
 
 /// Where a task is in its life.
@@ -250,6 +251,41 @@ pub struct Task {
     pub result_base64: bool,
     /// Whether a cancellation was asked for.
     pub cancel_requested: bool,
+    /// What a queued or retrying task waits on besides its due time (an open circuit, a spent
+    /// budget, a concurrency limit), and when it will be tried again; null otherwise.
+    pub waiting: Option<Waiting>,
+}
+
+/// What a waiting task waits on.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"reason": "circuit_open", "detail": "the circuit handler:notify is open", "until": "2026-01-01T00:10:00.000Z"}))]
+pub struct Waiting {
+    /// `circuit_open`, `budget_exceeded`, `deferred` or `concurrency_limit`.
+    pub reason: String,
+    /// The same in words, naming the circuit, provider or type.
+    pub detail: String,
+    /// When it will be tried again; null when that waits for other tasks to finish.
+    pub until: Option<Timestamp>,
+}
+
+impl From<&exec::Waiting> for Waiting {
+    fn from(w: &exec::Waiting) -> Self {
+        Waiting {
+            reason: w.reason.to_string(),
+            detail: w.detail.clone(),
+            until: time_opt(w.until),
+        }
+    }
+}
+
+impl Task {
+    /// The task as the API shows it, with what it waits on (asked of the dispatcher now).
+    pub fn with_waiting(t: &queue::Task, dispatcher: &exec::Dispatcher, now: Millis) -> Task {
+        Task {
+            waiting: dispatcher.waiting(t, now).as_ref().map(Waiting::from),
+            ..Task::from(t)
+        }
+    }
 }
 
 impl From<&queue::Task> for Task {
@@ -277,6 +313,7 @@ impl From<&queue::Task> for Task {
             result_truncated: t.result_form.truncated,
             result_base64: t.result_form.base64,
             cancel_requested: t.cancel_requested,
+            waiting: None,
         }
     }
 }
@@ -508,9 +545,10 @@ impl CircuitState {
 
 /// A circuit breaker of one target.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"name": "http:example.com", "state": "open", "failure_ratio": 0.8, "window_volume": 20, "opened_at": "2026-01-01T00:00:00.000Z", "open_until": "2026-01-01T00:00:30.000Z"}))]
+#[schema(example = json!({"name": "handler:notify", "state": "open", "failure_ratio": 0.8, "window_volume": 20, "opened_at": "2026-01-01T00:00:00.000Z", "open_until": "2026-01-01T00:00:30.000Z", "tripped_failure_ratio": 0.8, "tripped_volume": 20, "tripped_by": [{"at": "2026-01-01T00:00:00.000Z", "healthy": false, "class": "http_5xx"}]}))]
 pub struct Circuit {
-    /// Target name (`http:<host>`, `command:<type>`).
+    /// Target name (`handler:<type>`, `dispatch:<endpoint>`, `http:<host>` for `per_host`,
+    /// `command:<type>`, `llm:<provider>`).
     pub name: String,
     /// Its state.
     pub state: CircuitState,
@@ -522,6 +560,23 @@ pub struct Circuit {
     pub opened_at: Option<Timestamp>,
     /// When an open circuit lets a trial through.
     pub open_until: Option<Timestamp>,
+    /// Failure ratio of the window that last opened it (0 if it never opened).
+    pub tripped_failure_ratio: f64,
+    /// Outcomes in that window.
+    pub tripped_volume: u64,
+    /// The latest outcomes of that window, oldest first: why it opened.
+    pub tripped_by: Vec<CircuitOutcome>,
+}
+
+/// One outcome a circuit breaker counted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CircuitOutcome {
+    /// When the attempt ended.
+    pub at: Timestamp,
+    /// Whether it counted as healthy.
+    pub healthy: bool,
+    /// Error class of a failure (`http_5xx`, `timeout`, …).
+    pub class: Option<String>,
 }
 
 impl From<&CircuitView> for Circuit {
@@ -533,6 +588,17 @@ impl From<&CircuitView> for Circuit {
             window_volume: c.window_volume,
             opened_at: time_opt(c.opened_at),
             open_until: time_opt(c.open_until),
+            tripped_failure_ratio: c.tripped_failure_ratio,
+            tripped_volume: c.tripped_volume,
+            tripped_by: c
+                .tripped_by
+                .iter()
+                .map(|o| CircuitOutcome {
+                    at: Timestamp::from(o.at),
+                    healthy: o.healthy,
+                    class: o.class.clone(),
+                })
+                .collect(),
         }
     }
 }
