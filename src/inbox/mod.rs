@@ -40,7 +40,6 @@ use crate::queue::{NewTask, Queue, QueueError};
 use crate::store::{Store, StoreError};
 
 pub use model::RejectionRecord;
-pub use replay::InboxPrune;
 pub use verification::{
     DEFAULT_DELIVERY_ID_HEADERS, Delivery, MAX_DELIVERY_ID, Reason, Rejection, valid_delivery_id,
     verify,

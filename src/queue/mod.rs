@@ -38,7 +38,7 @@ use crate::store::{Store, StoreError};
 use tables::{ReadTables, ReadableTables, Tables};
 
 pub use dlq::{DlqStats, DrainReport};
-pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
+pub use maintenance::{Maintenance, PURGE_BATCH, QUEUE_WAITING_SERIES, QueuePurge};
 pub use model::{
     Attempt, Completion, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt, Snapshot,
     Status, Task, TaskFilter, TaskPage,

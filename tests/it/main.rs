@@ -16,6 +16,7 @@ mod queue;
 mod queue_crash;
 mod receiver;
 mod records;
+mod retention;
 mod roles;
 mod support;
 mod tamper;

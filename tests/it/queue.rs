@@ -2067,7 +2067,6 @@ fn task_metrics_count_attempts_durations_latencies_and_depth() {
     let maintenance = keel::queue::Maintenance {
         queue: Arc::clone(&app.app.queue),
         metrics: Arc::clone(&app.app.metrics),
-        last_purge: None,
     };
     app.block_on(maintenance.publish_gauges())
         .expect("publish gauges");
