@@ -3,6 +3,7 @@
 //! transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use redb::WriteTransaction;
 use uuid::Uuid;
@@ -23,15 +24,55 @@ impl Queue {
         let task = self.build(actor, &new, Uuid::now_v7(), None)?;
         let now = task.created_at;
         let limits = Limits::of(&self.config);
+        if self.seen_full.load(Ordering::Relaxed) {
+            self.refuse_while_full(task.idempotency_key.clone(), now, limits)
+                .await?;
+        }
         let audit = Arc::clone(&self.audit);
         let actor = actor.to_string();
         let result = self
             .write(move |tx, t| insert_enqueued(tx, t, &task, now, limits, &audit, &actor))
-            .await?;
+            .await;
+        if matches!(result, Err(QueueError::Full { .. })) {
+            self.seen_full.store(true, Ordering::Relaxed);
+        }
+        let result = result?;
         if result.created {
             self.wake.notify_one();
         }
         Ok(result)
+    }
+
+    /// Once an enqueue found the queue full, later ones first read the depth, so that while it
+    /// stays full they are refused without a place in the writer's batch (a live idempotency
+    /// key still goes on to return its task).
+    async fn refuse_while_full(
+        &self,
+        key: Option<String>,
+        now: Millis,
+        limits: Limits,
+    ) -> Result<(), QueueError> {
+        let full = self
+            .read(move |t| {
+                if let Some(key) = &key
+                    && t.idempotent_task(key, now)?.is_some()
+                {
+                    return Ok(None);
+                }
+                let depth = indexes::waiting_depth(t)?;
+                Ok((depth >= limits.max_depth).then_some(depth))
+            })
+            .await?;
+        match full {
+            Some(depth) => Err(QueueError::Full {
+                depth,
+                max: limits.max_depth,
+            }),
+            None => {
+                self.seen_full.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     /// Validates `new` and builds its task with `id`, with the handler its type resolves to,

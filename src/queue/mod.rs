@@ -25,6 +25,7 @@ mod tables;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::Notify;
@@ -122,6 +123,8 @@ pub struct Queue {
     handlers: Arc<dyn Handlers>,
     removal: Arc<dyn TaskRemoval>,
     wake: Arc<Notify>,
+    /// Set when an enqueue was refused as the queue was full; cleared by a read that finds room.
+    seen_full: AtomicBool,
 }
 
 /// Most index entries one transaction promotes, reaps or purges.
@@ -148,6 +151,7 @@ impl Queue {
             handlers,
             removal,
             wake: Arc::new(Notify::new()),
+            seen_full: AtomicBool::new(false),
         }
     }
 

@@ -185,7 +185,7 @@ impl Store {
     /// commit is durable.
     ///
     /// `work` may run more than once (when another request in its batch fails, the batch is
-    /// re-run without that one), so it must only touch the transaction.
+    /// re-run without the failed ones), so it must only touch the transaction.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -460,6 +460,66 @@ mod tests {
                     let got = t.get(i)?.map(|v| v.value());
                     let want = (i % 7 != 0).then_some(i * 10);
                     assert_eq!(got, want, "key {i}");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_batch_with_failures_runs_at_most_twice() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        // Hold the writer in a request of its own until the batch under test is queued.
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let blocker = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store.write_blocking(move |_| -> Result<(), StoreError> {
+                    let _ = started.send(());
+                    let _ = held.lock().unwrap().recv();
+                    Ok(())
+                })
+            })
+        };
+        running.recv().unwrap();
+        let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..64).map(|_| AtomicUsize::new(0)).collect());
+        let answers: Vec<_> = (0..63u64)
+            .map(|i| {
+                let runs = Arc::clone(&runs);
+                store.submit(move |tx| -> Result<u64, StoreError> {
+                    runs[i as usize].fetch_add(1, Ordering::SeqCst);
+                    tx.open_table(T)?.insert(i, i)?;
+                    if i % 4 == 0 {
+                        return Err(StoreError::Storage(format!("request {i} refused")));
+                    }
+                    Ok(i)
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        blocker.join().unwrap().unwrap();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let result = answer.blocking_recv().unwrap();
+            assert_eq!(result.is_err(), i % 4 == 0, "request {i}: {result:?}");
+        }
+        for (i, count) in runs.iter().take(63).enumerate() {
+            let n = count.load(Ordering::SeqCst);
+            assert!((1..=2).contains(&n), "request {i} ran {n} times");
+        }
+        let total: usize = runs.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+        assert!(
+            total <= 63 + 47,
+            "{total} runs for 63 requests with 16 failures"
+        );
+        store
+            .read_blocking(|tx| -> Result<(), StoreError> {
+                let t = tx.open_table(T)?;
+                for i in 0..63u64 {
+                    assert_eq!(t.get(i)?.map(|v| v.value()), (i % 4 != 0).then_some(i));
                 }
                 Ok(())
             })
