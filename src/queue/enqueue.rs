@@ -21,17 +21,38 @@ impl Queue {
     /// Enqueues a task durably; the same idempotency key within its retention window returns
     /// the existing task instead, even under concurrent submits.
     pub async fn enqueue(&self, actor: &str, new: NewTask) -> Result<Enqueued, QueueError> {
+        self.enqueue_in(KeyScope::Api, actor, new).await
+    }
+
+    /// [`Queue::enqueue`] for an inbound delivery: its idempotency key lives in the inbox's own
+    /// namespace, so no key an API caller chooses can name (and so swallow) a delivery.
+    pub async fn enqueue_delivery(
+        &self,
+        actor: &str,
+        new: NewTask,
+    ) -> Result<Enqueued, QueueError> {
+        self.enqueue_in(KeyScope::Inbox, actor, new).await
+    }
+
+    async fn enqueue_in(
+        &self,
+        scope: KeyScope,
+        actor: &str,
+        new: NewTask,
+    ) -> Result<Enqueued, QueueError> {
         let task = self.build(actor, &new, Uuid::now_v7(), None)?;
         let now = task.created_at;
         let limits = Limits::of(&self.config);
+        let key = task.idempotency_key.as_deref().map(|k| scope.stored(k));
         if self.seen_full.load(Ordering::Relaxed) {
-            self.refuse_while_full(task.idempotency_key.clone(), now, limits)
-                .await?;
+            self.refuse_while_full(key.clone(), now, limits).await?;
         }
         let audit = Arc::clone(&self.audit);
         let actor = actor.to_string();
         let result = self
-            .write(move |tx, t| insert_enqueued(tx, t, &task, now, limits, &audit, &actor))
+            .write(move |tx, t| {
+                insert_enqueued(tx, t, &task, key.as_deref(), now, limits, &audit, &actor)
+            })
             .await;
         if matches!(result, Err(QueueError::Full { .. })) {
             self.seen_full.store(true, Ordering::Relaxed);
@@ -176,15 +197,41 @@ impl Queue {
                 created: false,
             });
         }
+        let key = task
+            .idempotency_key
+            .as_deref()
+            .map(|k| KeyScope::Api.stored(k));
         insert_enqueued(
             tx,
             &mut t,
             task,
+            key.as_deref(),
             task.created_at,
             Limits::of(&self.config),
             &self.audit,
             &task.created_by,
         )
+    }
+}
+
+/// The namespace of an idempotency key: what API callers choose and what the inbox derives
+/// from delivery ids are kept apart, so that neither can name the other's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyScope {
+    /// Keys of API callers (and of tasks other rooms prepare).
+    Api,
+    /// Keys of inbound deliveries (`hook:<source>:<delivery id>`).
+    Inbox,
+}
+
+impl KeyScope {
+    /// The key as stored in the idempotency tables: `api:<key>` or `inbox:<key>` (the store's
+    /// migration to separate namespaces writes the same form).
+    fn stored(self, key: &str) -> String {
+        match self {
+            KeyScope::Api => format!("api:{key}"),
+            KeyScope::Inbox => format!("inbox:{key}"),
+        }
     }
 }
 
@@ -206,18 +253,20 @@ impl Limits {
     }
 }
 
-/// Inserts a new task with its idempotency key, indexes and audit entry, unless its key names a
-/// live task (then that one is returned).
+/// Inserts a new task with its idempotency key (`key`, as stored), indexes and audit entry,
+/// unless its key names a live task (then that one is returned).
+#[allow(clippy::too_many_arguments)]
 fn insert_enqueued(
     tx: &WriteTransaction,
     t: &mut Tables<'_>,
     task: &Task,
+    key: Option<&str>,
     now: Millis,
     limits: Limits,
     audit: &Audit,
     actor: &str,
 ) -> Result<Enqueued, QueueError> {
-    if let Some(key) = &task.idempotency_key
+    if let Some(key) = key
         && let Some(existing) = t.idempotent_task(key, now)?
     {
         return Ok(Enqueued {
@@ -232,12 +281,11 @@ fn insert_enqueued(
             max: limits.max_depth,
         });
     }
-    if let Some(key) = &task.idempotency_key {
+    if let Some(key) = key {
         let expires = now + limits.retention_ms;
         t.idempotency_keys_mut()?
-            .insert(key.as_str(), (task.id.as_u128(), expires))?;
-        t.idempotency_expiry_mut()?
-            .insert((expires, key.as_str()), ())?;
+            .insert(key, (task.id.as_u128(), expires))?;
+        t.idempotency_expiry_mut()?.insert((expires, key), ())?;
     }
     indexes::insert_new(t, task, now)?;
     audit.append(

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -314,6 +314,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_llm_and_workflow_tables,
     create_admin_session_tables,
     create_cycles_tables,
+    separate_idempotency_namespaces,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -375,6 +376,40 @@ fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::cycles::PROPOSALS)?;
     tx.open_table(tables::cycles::GOVERNANCE)?;
     tx.open_table(tables::cycles::PROFILE_VERSIONS)?;
+    Ok(())
+}
+
+/// Idempotency keys move into namespaces: the inbox's `hook:<source>:<id>` keys become
+/// `inbox:<key>` and every other key (chosen by an API caller) `api:<key>`, in both the key
+/// table and its expiry index. An API key that began with `hook:` is taken as the inbox's,
+/// which keeps every genuine delivery a duplicate of itself.
+fn separate_idempotency_namespaces(tx: &WriteTransaction) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    fn namespaced(key: &str) -> String {
+        if key.starts_with("hook:") {
+            format!("inbox:{key}")
+        } else {
+            format!("api:{key}")
+        }
+    }
+    let mut keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS)?;
+    let entries: Vec<(String, (u128, i64))> = keys
+        .iter()?
+        .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+        .collect::<Result<_, _>>()?;
+    for (key, value) in &entries {
+        keys.remove(key.as_str())?;
+        keys.insert(namespaced(key).as_str(), *value)?;
+    }
+    let mut expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY)?;
+    let entries: Vec<(i64, String)> = expiry
+        .iter()?
+        .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+        .collect::<Result<_, _>>()?;
+    for (at, key) in &entries {
+        expiry.remove((*at, key.as_str()))?;
+        expiry.insert((*at, namespaced(key).as_str()), ())?;
+    }
     Ok(())
 }
 
@@ -521,6 +556,61 @@ mod tests {
                 for i in 0..63u64 {
                     assert_eq!(t.get(i)?.map(|v| v.value()), (i % 4 != 0).then_some(i));
                 }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn idempotency_keys_move_into_their_namespaces() {
+        use redb::ReadableTable;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            migrate(&db, &path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS).unwrap();
+                let mut expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY).unwrap();
+                for (n, key) in ["order-1", "hook:sw:msg_1"].iter().enumerate() {
+                    keys.insert(*key, (n as u128, 1000 + n as i64)).unwrap();
+                    expiry.insert((1000 + n as i64, *key), ()).unwrap();
+                }
+                tx.open_table(tables::META)
+                    .unwrap()
+                    .insert(tables::META_SCHEMA_VERSION, SCHEMA_VERSION - 1)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = open(dir.path());
+        store
+            .read_blocking(|tx| -> Result<(), StoreError> {
+                let keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS)?;
+                let all: Vec<(String, (u128, i64))> = keys
+                    .iter()?
+                    .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+                    .collect::<Result<_, _>>()?;
+                assert_eq!(
+                    all,
+                    vec![
+                        ("api:order-1".to_string(), (0, 1000)),
+                        ("inbox:hook:sw:msg_1".to_string(), (1, 1001)),
+                    ]
+                );
+                let expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY)?;
+                let all: Vec<(i64, String)> = expiry
+                    .iter()?
+                    .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<_, _>>()?;
+                assert_eq!(
+                    all,
+                    vec![
+                        (1000, "api:order-1".to_string()),
+                        (1001, "inbox:hook:sw:msg_1".to_string()),
+                    ]
+                );
                 Ok(())
             })
             .unwrap();
