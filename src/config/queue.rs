@@ -34,6 +34,8 @@ pub struct QueueConfig {
     pub retention_days: u64,
     /// How long dead tasks (the dead-letter queue) are kept after they died, in days.
     pub dead_retention_days: u64,
+    /// Furthest a task's `run_at` may lie ahead, in days.
+    pub max_run_at_days: u64,
 }
 
 impl Default for QueueConfig {
@@ -51,6 +53,7 @@ impl Default for QueueConfig {
             result_max_bytes: 65_536,
             retention_days: 7,
             dead_retention_days: 30,
+            max_run_at_days: 365,
         }
     }
 }

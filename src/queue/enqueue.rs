@@ -43,16 +43,14 @@ impl Queue {
         let task = self.build(actor, &new, Uuid::now_v7(), None)?;
         let now = task.created_at;
         let limits = Limits::of(&self.config);
-        let key = task.idempotency_key.as_deref().map(|k| scope.stored(k));
         if self.seen_full.load(Ordering::Relaxed) {
-            self.refuse_while_full(key.clone(), now, limits).await?;
+            let key = task.idempotency_key.as_deref().map(|k| scope.stored(k));
+            self.refuse_while_full(key, now, limits).await?;
         }
         let audit = Arc::clone(&self.audit);
         let actor = actor.to_string();
         let result = self
-            .write(move |tx, t| {
-                insert_enqueued(tx, t, &task, key.as_deref(), now, limits, &audit, &actor)
-            })
+            .write(move |tx, t| insert_enqueued(tx, t, &task, scope, now, limits, &audit, &actor))
             .await;
         if matches!(result, Err(QueueError::Full { .. })) {
             self.seen_full.store(true, Ordering::Relaxed);
@@ -106,11 +104,23 @@ impl Queue {
         handling: Option<Handling>,
     ) -> Result<Task, QueueError> {
         if let Some(key) = &new.idempotency_key
-            && (key.is_empty() || key.len() > 256)
+            && (key.is_empty()
+                || key.len() > 256
+                || !key.bytes().all(|b| (0x20..0x7f).contains(&b)))
         {
             return Err(QueueError::Invalid(
-                "idempotency_key: must be 1 to 256 characters".into(),
+                "idempotency_key: must be 1 to 256 printable ASCII characters (no control characters)"
+                    .into(),
             ));
+        }
+        let now = self.clock.now_ms();
+        let max_ahead_days = self.config.queue.max_run_at_days;
+        if let Some(run_at) = new.run_at
+            && run_at > now + max_ahead_days as i64 * 86_400_000
+        {
+            return Err(QueueError::Invalid(format!(
+                "run_at: must be at most {max_ahead_days} days ahead (queue.max_run_at_days)"
+            )));
         }
         let max_attempts = new.max_attempts.unwrap_or(0);
         if new.max_attempts.is_some() && !(1..=1000).contains(&max_attempts) {
@@ -139,7 +149,6 @@ impl Queue {
                 self.config.queue.lease_seconds
             )));
         }
-        let now = self.clock.now_ms();
         Ok(Task {
             id,
             task_type: new.task_type.clone(),
@@ -197,15 +206,11 @@ impl Queue {
                 created: false,
             });
         }
-        let key = task
-            .idempotency_key
-            .as_deref()
-            .map(|k| KeyScope::Api.stored(k));
         insert_enqueued(
             tx,
             &mut t,
             task,
-            key.as_deref(),
+            KeyScope::Api,
             task.created_at,
             Limits::of(&self.config),
             &self.audit,
@@ -253,22 +258,34 @@ impl Limits {
     }
 }
 
-/// Inserts a new task with its idempotency key (`key`, as stored), indexes and audit entry,
-/// unless its key names a live task (then that one is returned).
+/// Inserts a new task with its idempotency key (in `scope`), indexes and audit entry, unless
+/// its key names a live task: then that one is returned, or, for an API key that came with
+/// another type or payload, refused as a conflict.
 #[allow(clippy::too_many_arguments)]
 fn insert_enqueued(
     tx: &WriteTransaction,
     t: &mut Tables<'_>,
     task: &Task,
-    key: Option<&str>,
+    scope: KeyScope,
     now: Millis,
     limits: Limits,
     audit: &Audit,
     actor: &str,
 ) -> Result<Enqueued, QueueError> {
-    if let Some(key) = key
-        && let Some(existing) = t.idempotent_task(key, now)?
+    let key = task.idempotency_key.as_deref().map(|k| scope.stored(k));
+    let key = key.as_deref();
+    if let Some(stored) = key
+        && let Some(existing) = t.idempotent_task(stored, now)?
     {
+        if scope == KeyScope::Api
+            && (existing.task_type != task.task_type
+                || !same_json(&existing.payload, &task.payload))
+        {
+            return Err(QueueError::IdempotencyConflict {
+                key: task.idempotency_key.clone().unwrap_or_default(),
+                task: existing.id,
+            });
+        }
         return Ok(Enqueued {
             task: existing,
             created: false,
@@ -300,4 +317,14 @@ fn insert_enqueued(
         task: task.clone(),
         created: true,
     })
+}
+
+/// Whether two stored payloads are the same JSON (compared as values, so that spacing and key
+/// order of the original text do not matter).
+fn same_json(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (serde_json::from_str::<serde_json::Value>(a), serde_json::from_str::<serde_json::Value>(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }

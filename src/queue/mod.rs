@@ -57,6 +57,16 @@ pub enum QueueError {
     /// The task is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),
+    /// An idempotency key that names a live task was sent with another type or payload.
+    #[error(
+        "idempotency_key {key:?} already names task {task} with another type or payload; use a new key for a new task"
+    )]
+    IdempotencyConflict {
+        /// The key as sent.
+        key: String,
+        /// The task the key names.
+        task: Uuid,
+    },
     /// The queue is full.
     #[error("the queue holds {depth} waiting tasks (queue.max_depth is {max}); retry later")]
     Full {

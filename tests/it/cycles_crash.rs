@@ -215,7 +215,7 @@ program = "/bin/cat"
 
     let mut cycles: Vec<String> = Vec::new();
     for (k, point) in CRASH_POINTS.iter().enumerate() {
-        let slot = format!("crash-{k}");
+        let slot = format!("2026-01-01T00:{k:02}:00Z");
         let mut proc = spawn(&data, &toml, Some(point));
         let first = trigger(&proc.base, &key, &slot);
         let status = wait_exit(&mut proc);

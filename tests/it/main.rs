@@ -21,6 +21,7 @@ mod roles;
 mod support;
 mod tamper;
 mod tidy;
+mod validation;
 mod workflow;
 
 /// The harness starts, serves and stops; the first start writes an admin key that works.
