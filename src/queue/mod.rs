@@ -317,35 +317,42 @@ fn transition_event(task: &Task) -> Event {
     }
 }
 
+/// Most task records one list page decodes: a filter that matches rarely answers a page with
+/// fewer tasks (or none) and a cursor to go on from, instead of reading the whole table.
+pub const LIST_SCAN_LIMIT: usize = 10_000;
+
+/// Payload and result bytes after which a list page ends (with a cursor), so that a page of
+/// large tasks stays bounded in memory.
+pub const LIST_MAX_BYTES: usize = 8 << 20;
+
 fn list_tasks(t: &impl ReadableTables, filter: &TaskFilter) -> Result<TaskPage, QueueError> {
     let limit = filter.limit.clamp(1, 1000);
     let before = filter.cursor.map_or(u128::MAX, |c| c.as_u128());
     let mut tasks = Vec::new();
-    let matches = |task: &Task| {
-        filter
-            .task_type
-            .as_ref()
-            .is_none_or(|ty| *ty == task.task_type)
+    let mut scanned = 0;
+    let mut bytes = 0;
+    let mut cut = false;
+    let mut visit = |task: Option<Task>| {
+        scanned += 1;
+        if let Some(task) = task.filter(|task| {
+            filter
+                .task_type
+                .as_ref()
+                .is_none_or(|ty| *ty == task.task_type)
+        }) {
+            bytes += task.payload.len() + task.result.as_ref().map_or(0, String::len);
+            tasks.push(task);
+        }
+        cut = tasks.len() >= limit || scanned >= LIST_SCAN_LIMIT || bytes >= LIST_MAX_BYTES;
+        !cut
     };
     let last = match filter.status {
         Some(status) => t.ids_with_status_newest_first(status, before, |raw| {
-            if let Some(task) = t.task(Uuid::from_u128(raw))?
-                && matches(&task)
-            {
-                tasks.push(task);
-            }
-            Ok(tasks.len() < limit)
+            Ok(visit(t.task(Uuid::from_u128(raw))?))
         })?,
-        None => t.tasks_newest_first(before, |task| {
-            if matches(&task) {
-                tasks.push(task);
-            }
-            tasks.len() < limit
-        })?,
+        None => t.tasks_newest_first(before, |task| visit(Some(task)))?,
     };
-    let next_cursor = (tasks.len() == limit)
-        .then(|| last.map(Uuid::from_u128))
-        .flatten();
+    let next_cursor = cut.then(|| last.map(Uuid::from_u128)).flatten();
     Ok(TaskPage { tasks, next_cursor })
 }
 

@@ -1,10 +1,14 @@
 //! Nonsense is refused with a 4xx that names the field, and creates nothing: idempotency keys
 //! of control characters or over 256 bytes, a `run_at` beyond `queue.max_run_at_days`, an
 //! idempotency key reused for another task, a cycle slot that is not a time, a namespace nobody
-//! configured, and a dead-letter drain of a type that does not exist.
+//! configured, and a dead-letter drain of a type that does not exist. Lists stay bounded: a
+//! rare type filter stops after `LIST_SCAN_LIMIT` records and a page of large payloads after
+//! `LIST_MAX_BYTES`, each with a cursor to go on from.
 
 use keel::config::{HandlerConfig, HttpHandlerConfig};
+use keel::queue::{LIST_MAX_BYTES, LIST_SCAN_LIMIT, NewTask, QueueError};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use crate::support::{Resp, TestApp};
 
@@ -219,5 +223,104 @@ fn a_drain_of_an_unknown_type_is_refused() {
         r.status, 200,
         "a configured type with no dead tasks: {}",
         r.body
+    );
+}
+
+/// Enqueues `count` waiting tasks of `task_type` with `payload`, through the queue's
+/// prepared-insert path, 5,000 per write; returns their ids, oldest first.
+fn waiting_tasks(app: &TestApp, task_type: &str, count: usize, payload: &Value) -> Vec<Uuid> {
+    let queue = &app.app.queue;
+    let tasks: Vec<_> = (0..count)
+        .map(|_| {
+            let new = NewTask {
+                task_type: task_type.into(),
+                payload: payload.clone(),
+                run_at: Some(1_780_000_000_000),
+                ..NewTask::default()
+            };
+            queue.prepare("test", Uuid::now_v7(), &new, None).unwrap()
+        })
+        .collect();
+    let ids = tasks.iter().map(|t| t.id).collect();
+    for chunk in tasks.chunks(5_000) {
+        let chunk = chunk.to_vec();
+        let queue = std::sync::Arc::clone(queue);
+        app.block_on(app.app.store.write(move |tx| {
+            for task in &chunk {
+                queue.insert_prepared(tx, task)?;
+            }
+            Ok::<_, QueueError>(())
+        }))
+        .unwrap();
+    }
+    ids
+}
+
+#[test]
+fn a_rare_type_filter_stops_after_the_scan_limit_and_gives_a_cursor() {
+    let app = TestApp::start_with(|c| {
+        for name in ["common", "rare"] {
+            c.handlers.insert(
+                name.into(),
+                HandlerConfig::Http(HttpHandlerConfig {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    method: "POST".into(),
+                    token: None,
+                    signing_secret: None,
+                    timeout_seconds: 30,
+                    target_concurrency: 8,
+                    concurrency: None,
+                    max_attempts: None,
+                }),
+            );
+        }
+    });
+    let rare = waiting_tasks(&app, "rare", 1, &json!({}))[0];
+    waiting_tasks(&app, "common", LIST_SCAN_LIMIT + 500, &json!({}));
+
+    let mut found = Vec::new();
+    let mut pages = 0;
+    let mut path = "/api/v1/tasks?type=rare&limit=10".to_string();
+    loop {
+        let page = app.admin_get(&path).json();
+        pages += 1;
+        for t in page["tasks"].as_array().unwrap() {
+            found.push(t["id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/tasks?type=rare&limit=10&cursor={cursor}"),
+            None => break,
+        }
+        assert!(pages < 10, "the cursor must move on");
+    }
+    assert_eq!(found, vec![rare.to_string()]);
+    assert_eq!(pages, 2, "the first page stopped at the scan limit");
+    // The same holds with a status filter.
+    let page = app
+        .admin_get("/api/v1/tasks?status=queued&type=rare&limit=10")
+        .json();
+    assert_eq!(page["tasks"], json!([]), "{page}");
+    assert!(page["next_cursor"].is_string(), "{page}");
+}
+
+#[test]
+fn a_page_of_large_payloads_ends_at_the_byte_cap_with_a_cursor() {
+    let app = start();
+    let big = json!({"blob": "x".repeat(1 << 20)});
+    let count = LIST_MAX_BYTES / (1 << 20) + 4;
+    waiting_tasks(&app, "notify", count, &big);
+    let first = app.admin_get("/api/v1/tasks?limit=1000").json();
+    let shown = first["tasks"].as_array().unwrap().len();
+    assert!(shown < count, "{shown} of {count} tasks on one page");
+    assert!(shown >= LIST_MAX_BYTES / (1 << 20), "{shown}");
+    let cursor = first["next_cursor"].as_str().expect("a cursor to the rest");
+    let rest = app
+        .admin_get(&format!("/api/v1/tasks?limit=1000&cursor={cursor}"))
+        .json();
+    assert_eq!(
+        shown + rest["tasks"].as_array().unwrap().len(),
+        count,
+        "{}",
+        rest["next_cursor"]
     );
 }
