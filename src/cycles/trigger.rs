@@ -138,14 +138,6 @@ impl Cycles {
                         "namespace: 1 to 64 letters, digits, '-', '_' or '.'".into(),
                     ));
                 }
-                if ns != self.config.cycles.default_namespace
-                    && !set.run_profiles.iter().any(|rp| rp.namespace == ns)
-                {
-                    return Err(CyclesError::Invalid(format!(
-                        "namespace: `{ns}` is unknown: neither cycles.default_namespace (`{}`) nor the namespace of a run profile",
-                        self.config.cycles.default_namespace
-                    )));
-                }
                 self.plan(&set, None, Some(ns), request.slot.clone(), "manual", actor)
             }
         };

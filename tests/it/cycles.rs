@@ -940,7 +940,7 @@ fn telemetry_past_retention_is_archived_then_pruned() {
         assert!(old.len() >= 10, "{old:?}");
 
         app.clock.advance_ms(31 * 86_400_000);
-        let (_, v) = trigger(&app, &json!({}));
+        let (_, v) = trigger(&app, &json!({"namespace": "later"}));
         wait_cycle(&app, v["cycle_run_id"].as_str().unwrap());
         let report = app.block_on(app.app.cycles.prune_telemetry()).unwrap();
         assert_eq!(report.pruned, old.len());

@@ -293,7 +293,7 @@ program = "/bin/cat"
     let mut proc = spawn(&data, &toml, None);
     let mut random_ids = Vec::new();
     for n in 0..RANDOM_CYCLES {
-        let (_, v) = trigger(&proc.base, &key, &format!("random-{n}")).unwrap();
+        let (_, v) = trigger(&proc.base, &key, &format!("2026-01-02T00:00:{n:02}Z")).unwrap();
         random_ids.push(v["cycle_run_id"].as_str().unwrap().to_string());
     }
     for _ in 0..RANDOM_KILLS {

@@ -1,7 +1,7 @@
 //! Nonsense is refused with a 4xx that names the field, and creates nothing: idempotency keys
 //! of control characters or over 256 bytes, a `run_at` beyond `queue.max_run_at_days`, an
-//! idempotency key reused for another task, a cycle slot that is not a time, a namespace nobody
-//! configured, and a dead-letter drain of a type that does not exist. Lists stay bounded: a
+//! idempotency key reused for another task, a cycle slot that is not a time, and a dead-letter
+//! drain of a type that does not exist. Lists stay bounded: a
 //! rare type filter stops after `LIST_SCAN_LIMIT` records and a page of large payloads after
 //! `LIST_MAX_BYTES`, each with a cursor to go on from.
 
@@ -170,7 +170,7 @@ fn a_conflicting_type_under_a_reused_key_is_refused() {
 }
 
 #[test]
-fn cycle_triggers_need_a_time_slot_and_a_known_namespace() {
+fn cycle_triggers_need_a_time_slot() {
     let app = start();
     for body in [
         json!({"slot": "garbage"}),
@@ -186,12 +186,6 @@ fn cycle_triggers_need_a_time_slot_and_a_known_namespace() {
         &json!({"slot": "garbage"}),
     );
     refused(&r, 422, "invalid_field", "slot");
-    let r = post(
-        &app,
-        "/api/v1/cycles/trigger",
-        &json!({"namespace": "nowhere"}),
-    );
-    refused(&r, 422, "invalid_field", "namespace");
     let recent = app.admin_get("/api/v1/cycles/recent?limit=100").json();
     assert_eq!(recent["cycles"], json!([]), "nothing was started: {recent}");
 
