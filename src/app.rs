@@ -11,13 +11,13 @@ use crate::auth::Auth;
 use crate::budget::{BudgetGauges, Budgets};
 use crate::clock::SharedClock;
 use crate::config::Config;
-use crate::cycles::{CycleWorker, Cycles, CyclesError, TelemetryRetention};
+use crate::cycles::{CycleWorker, Cycles, CyclesError};
 use crate::events::EventBus;
 use crate::exec::circuit::Circuits;
 use crate::exec::workflow::CheckpointCleanup;
 use crate::exec::{DispatchWorker, Dispatcher, Snapshots};
 use crate::http::HttpState;
-use crate::inbox::{Inbox, InboxPrune};
+use crate::inbox::Inbox;
 use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
 use crate::process::Process;
@@ -330,17 +330,11 @@ impl App {
         self.supervisor.spawn(Maintenance {
             queue: Arc::clone(&self.queue),
             metrics: Arc::clone(&self.metrics),
-            last_purge: None,
-        });
-        self.supervisor.spawn(InboxPrune {
-            inbox: Arc::clone(&self.inbox),
         });
         self.supervisor.spawn(CycleWorker {
             cycles: Arc::clone(&self.cycles),
         });
-        self.supervisor.spawn(TelemetryRetention {
-            cycles: Arc::clone(&self.cycles),
-        });
+        self.supervisor.spawn(self.retention());
         self.supervisor.spawn(CheckpointWorker {
             store: Arc::clone(&self.store),
             audit: Arc::clone(&self.audit),
@@ -348,6 +342,18 @@ impl App {
             interval: config.audit.checkpoint_interval(),
             shutdown: self.supervisor.cancellation(),
         });
+    }
+
+    /// The retention worker over this app's rooms.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            queue: Arc::clone(&self.queue),
+            inbox: Arc::clone(&self.inbox),
+            cycles: Arc::clone(&self.cycles),
+            auth: Arc::clone(&self.auth),
+            metrics: Arc::clone(&self.metrics),
+            last_pass: None,
+        }
     }
 
     /// How long this process has been up.
@@ -385,6 +391,90 @@ impl App {
         let store = Arc::clone(&self.store);
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         tracing::info!("store closed");
+    }
+}
+
+/// Deletes what each room keeps past its retention, soon after start and then hourly: each room
+/// purges its own tables in bounded batches (one write each, so other writes go between them),
+/// counted in `keel_retention_purged_total{table}`. Metric history is pruned by the snapshot
+/// worker, inbox rejections are bounded by `inbox.max_rejections` rows as they are written.
+pub struct Retention {
+    queue: Arc<Queue>,
+    inbox: Arc<Inbox>,
+    cycles: Arc<Cycles>,
+    auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
+    last_pass: Option<std::time::Instant>,
+}
+
+/// How often the retention pass runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+impl Retention {
+    /// Runs one retention pass over every room; returns the rows deleted per table. A room that
+    /// fails does not keep the others from their pass; the first failure is returned after.
+    pub async fn run_pass(&self) -> Result<Vec<(&'static str, u64)>, String> {
+        let mut purged = Vec::new();
+        let mut failures = Vec::new();
+        match self.queue.purge_expired().await {
+            Ok(q) => purged.extend([
+                ("tasks", q.tasks),
+                ("task_logs", q.log_lines),
+                ("idempotency_keys", q.idempotency_keys),
+            ]),
+            Err(e) => failures.push(format!("queue: {e}")),
+        }
+        match self.inbox.prune().await {
+            Ok(n) => purged.push(("inbox_seen", n as u64)),
+            Err(e) => failures.push(format!("inbox: {e}")),
+        }
+        match self.cycles.prune_telemetry().await {
+            Ok(report) => purged.push(("telemetry", report.pruned as u64)),
+            Err(e) => failures.push(format!("telemetry: {e}")),
+        }
+        match self.auth.purge_ended_sessions().await {
+            Ok(n) => purged.push(("admin_sessions", n as u64)),
+            Err(e) => failures.push(format!("sessions: {e}")),
+        }
+        for (table, rows) in &purged {
+            self.metrics
+                .counter(
+                    "keel_retention_purged_total",
+                    "Rows deleted past their retention, by table.",
+                    &[("table", table)],
+                )
+                .add(*rows);
+        }
+        match failures.into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(purged),
+        }
+    }
+}
+
+impl Worker for Retention {
+    fn name(&self) -> &'static str {
+        "retention"
+    }
+    fn interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+    fn step(&mut self) -> StepFuture<'_> {
+        Box::pin(async move {
+            if self
+                .last_pass
+                .is_some_and(|at| at.elapsed() < RETENTION_EVERY)
+            {
+                return Ok(());
+            }
+            let purged = self.run_pass().await?;
+            self.last_pass = Some(std::time::Instant::now());
+            let total: u64 = purged.iter().map(|(_, n)| n).sum();
+            if total > 0 {
+                tracing::info!(?purged, "retention pass deleted rows past their retention");
+            }
+            Ok(())
+        })
     }
 }
 

@@ -72,6 +72,21 @@ impl Auth {
         Ok(token)
     }
 
+    /// Deletes the sessions that ended (idle timeout or maximum age) by now; returns how many.
+    pub async fn purge_ended_sessions(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        self.store
+            .write(move |tx| -> Result<usize, StoreError> {
+                let mut tables = AuthWrite::open(tx)?;
+                let ended = tables.ended_sessions(now)?;
+                for hash in &ended {
+                    tables.remove_session(hash)?;
+                }
+                Ok(ended.len())
+            })
+            .await
+    }
+
     /// The session stored under `hash`, if any.
     pub async fn session(&self, hash: [u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         self.store

@@ -32,6 +32,10 @@ pub struct QueueConfig {
     pub result_max_bytes: usize,
     /// How long finished tasks (succeeded, cancelled) are kept, in days.
     pub retention_days: u64,
+    /// How long dead tasks (the dead-letter queue) are kept after they died, in days.
+    pub dead_retention_days: u64,
+    /// Furthest a task's `run_at` may lie ahead, in days.
+    pub max_run_at_days: u64,
 }
 
 impl Default for QueueConfig {
@@ -48,6 +52,8 @@ impl Default for QueueConfig {
             default_timeout_seconds: 30,
             result_max_bytes: 65_536,
             retention_days: 7,
+            dead_retention_days: 30,
+            max_run_at_days: 365,
         }
     }
 }
@@ -80,6 +86,12 @@ impl QueueConfig {
             16 << 20,
         )?;
         at_least("queue.retention_days", q.retention_days, 1)?;
+        between(
+            "queue.dead_retention_days",
+            q.dead_retention_days,
+            1,
+            36_500,
+        )?;
         Ok(())
     }
 }

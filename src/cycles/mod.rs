@@ -61,7 +61,7 @@ pub use ids::{
 };
 pub use records::{CycleDetail, CycleSummary, RecordFilter};
 pub use trigger::{CycleContext, RunProfileOutcome, TriggerRequest, Triggered};
-pub use workers::{CycleWorker, TelemetryRetention};
+pub use workers::CycleWorker;
 
 /// The task type of dispatch tasks (delivered by the http executor with the endpoint snapshot
 /// taken at enqueue; no `[handlers]` entry is needed).

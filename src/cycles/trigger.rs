@@ -76,6 +76,18 @@ pub struct CycleContext {
     pub targets: Vec<(String, String)>,
 }
 
+/// A slot given by hand: an RFC 3339 time of at most 200 characters, as the schedules name
+/// theirs.
+fn check_slot(slot: &str) -> Result<(), CyclesError> {
+    if slot.len() > 200 || chrono::DateTime::parse_from_rfc3339(slot).is_err() {
+        return Err(CyclesError::Invalid(format!(
+            "slot: `{}` is not an RFC 3339 time such as 2026-01-01T06:00:00Z",
+            slot.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
 impl Cycles {
     /// Starts one cycle (a raw one, or of one run profile). The same slot of the same run
     /// profile returns the existing cycle. Refused while paused or the namespace is halted.
@@ -84,12 +96,8 @@ impl Cycles {
         actor: &str,
         request: TriggerRequest,
     ) -> Result<Triggered, CyclesError> {
-        if let Some(slot) = &request.slot
-            && (slot.is_empty() || slot.len() > 200)
-        {
-            return Err(CyclesError::Invalid(
-                "slot: must be 1 to 200 characters".into(),
-            ));
+        if let Some(slot) = &request.slot {
+            check_slot(slot)?;
         }
         let _gate = self.gate.read().await;
         let set = self.profile_set();
@@ -150,12 +158,8 @@ impl Cycles {
         actor: &str,
         slot: Option<String>,
     ) -> Result<Vec<RunProfileOutcome>, CyclesError> {
-        if let Some(slot) = &slot
-            && (slot.is_empty() || slot.len() > 200)
-        {
-            return Err(CyclesError::Invalid(
-                "slot: must be 1 to 200 characters".into(),
-            ));
+        if let Some(slot) = &slot {
+            check_slot(slot)?;
         }
         let _gate = self.gate.read().await;
         let outcomes = self.run_profiles_now(actor, slot, "manual", None).await?;

@@ -1,6 +1,5 @@
-//! Running cycles in the background: a runner per unfinished cycle, the supervised workers
-//! (the cycle worker fires schedules and starts runners; telemetry retention prunes), and the
-//! drain at shutdown.
+//! Running cycles in the background: a runner per unfinished cycle, the supervised cycle
+//! worker (fires schedules and starts runners), and the drain at shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -89,31 +88,6 @@ impl Worker for CycleWorker {
                 Ok::<(), CyclesError>(())
             };
             run.await.map_err(|e| e.to_string())
-        })
-    }
-}
-
-/// Telemetry retention: prunes (and with cold archive on, first archives) events older than
-/// `telemetry.retention_days`.
-pub struct TelemetryRetention {
-    /// The room.
-    pub cycles: Arc<Cycles>,
-}
-
-impl Worker for TelemetryRetention {
-    fn name(&self) -> &'static str {
-        "telemetry-retention"
-    }
-    fn interval(&self) -> Duration {
-        Duration::from_secs(3600)
-    }
-    fn step(&mut self) -> StepFuture<'_> {
-        Box::pin(async move {
-            self.cycles
-                .prune_telemetry()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
         })
     }
 }

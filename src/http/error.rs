@@ -128,6 +128,9 @@ impl From<QueueError> for ApiError {
             }
             QueueError::NotFound(_) | QueueError::UnknownType(_) => Self::not_found(message),
             QueueError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            QueueError::IdempotencyConflict { .. } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_conflict", message)
+            }
             QueueError::Full { .. } => ApiError {
                 retry_after_secs: Some(5),
                 ..Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)

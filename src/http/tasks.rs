@@ -38,6 +38,8 @@ pub fn task_json(t: &Task) -> serde_json::Value {
         (status = 200, description = "The task submitted before with this idempotency key",
             body = Submitted,
             example = json!({"id": "0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f", "status": "running", "created": false})),
+        (status = 409, description = "The idempotency key names a task of another type or payload (`idempotency_conflict`)",
+            body = ErrorBody),
         (status = 422, description = "A field is invalid (unknown type, bad run_at, …)",
             body = ErrorBody),
         (status = 429, description = "The queue is full; retry after the `Retry-After` seconds",

@@ -1,6 +1,6 @@
 //! Inbound webhooks: verifies deliveries (Standard Webhooks, GitHub, a bearer token) over the raw
 //! body in constant time, refuses replays, records rejections, and turns accepted deliveries
-//! into tasks through [`Queue::enqueue`].
+//! into tasks through [`Queue::enqueue_delivery`].
 //!
 //! Invariants:
 //! - Nothing is created unless the delivery verified: headers first (missing → 401), then the
@@ -9,7 +9,8 @@
 //! - A delivery id is refused as a duplicate (200, nothing created) while its mark in
 //!   `inbox_seen` lasts (`inbox.replay_retention_seconds`) and, behind it, while the task's
 //!   idempotency key `hook:<source>:<delivery id>` lasts (`queue.idempotency_retention_seconds`,
-//!   validated to be at least as long). The task is enqueued before the mark is written, so a
+//!   validated to be at least as long). That key lives in the queue's inbox namespace
+//!   ([`Queue::enqueue_delivery`]), apart from the keys API callers choose. The task is enqueued before the mark is written, so a
 //!   crash between the two still finds the delivery through the idempotency key.
 //! - Rejections are recorded (source, time, reason, peer address, delivery id) without the body
 //!   or any secret, in a table bounded to `inbox.max_rejections` rows. They are not audited;
@@ -40,7 +41,6 @@ use crate::queue::{NewTask, Queue, QueueError};
 use crate::store::{Store, StoreError};
 
 pub use model::RejectionRecord;
-pub use replay::InboxPrune;
 pub use verification::{
     DEFAULT_DELIVERY_ID_HEADERS, Delivery, MAX_DELIVERY_ID, Reason, Rejection, valid_delivery_id,
     verify,
@@ -183,7 +183,7 @@ impl Inbox {
         }
         let enqueued = self
             .queue
-            .enqueue(
+            .enqueue_delivery(
                 &format!("hook:{source_name}"),
                 NewTask {
                     task_type: source.task_type.clone(),

@@ -1,8 +1,5 @@
-//! Replay protection: delivery ids seen within `inbox.replay_retention_seconds`, and the
-//! worker that forgets them once their retention passed.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! Replay protection: delivery ids seen within `inbox.replay_retention_seconds`, forgotten in
+//! bounded batches once their retention passed.
 
 use uuid::Uuid;
 
@@ -10,7 +7,6 @@ use super::Inbox;
 use super::tables::{ReadTables, ReadableTables, Tables};
 use crate::clock::Millis;
 use crate::store::StoreError;
-use crate::supervisor::{StepFuture, Worker};
 
 /// Seen marks removed per write while pruning.
 const PRUNE_BATCH: usize = 5000;
@@ -63,29 +59,5 @@ impl Inbox {
                 return Ok(total);
             }
         }
-    }
-}
-
-/// Forgets expired delivery ids every minute.
-pub struct InboxPrune {
-    /// The inbox.
-    pub inbox: Arc<Inbox>,
-}
-
-impl Worker for InboxPrune {
-    fn name(&self) -> &'static str {
-        "inbox-prune"
-    }
-    fn interval(&self) -> Duration {
-        Duration::from_secs(60)
-    }
-    fn step(&mut self) -> StepFuture<'_> {
-        Box::pin(async move {
-            self.inbox
-                .prune()
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
     }
 }

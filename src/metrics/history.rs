@@ -97,10 +97,18 @@ impl SnapshotWorker {
                     None => taken.clone().unwrap_or_default(),
                 };
                 let n = persist(tx, snaps, start_ms, end_ms)?;
-                prune(tx, cutoff)?;
-                Ok::<_, StoreError>(n)
+                let pruned = prune(tx, cutoff)?;
+                Ok::<_, StoreError>((n, pruned))
             })
             .await?;
+        let (stored, pruned) = stored;
+        self.metrics
+            .counter(
+                "keel_retention_purged_total",
+                "Rows deleted past their retention, by table.",
+                &[("table", "metric_snapshots")],
+            )
+            .add(pruned as u64);
         self.interval_start_ms = end_ms;
         Ok(stored)
     }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use redb::ReadableTable;
 use uuid::Uuid;
 
 use super::model::{Status, Task};
@@ -70,8 +71,19 @@ impl Queue {
         let now = self.clock.now_ms();
         let audit = Arc::clone(&self.audit);
         let actor = actor.to_string();
+        let configured = filter_type
+            .as_ref()
+            .is_none_or(|ty| self.config.handlers.contains_key(ty));
         let tasks = self
             .write(move |tx, t| {
+                if let Some(ty) = &filter_type
+                    && !configured
+                    && t.counts()?.get((Status::Dead.code(), ty.as_str()))?.is_none()
+                {
+                    return Err(QueueError::Invalid(format!(
+                        "filter_type: `{ty}` is neither a configured task type nor the type of a dead task"
+                    )));
+                }
                 let mut moved = Vec::new();
                 for raw in t.ids_with_status(Status::Dead)? {
                     if moved.len() >= max {

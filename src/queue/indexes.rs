@@ -52,13 +52,16 @@ pub(super) fn waiting_depth(t: &impl ReadableTables) -> Result<u64, QueueError> 
     Ok(depth)
 }
 
-/// Stores a new task with its status index, count and schedule.
+/// Stores a new task with its status index, count and (when it waits) schedule.
 pub(super) fn insert_new(t: &mut Tables<'_>, task: &Task, now: Millis) -> Result<(), QueueError> {
     t.save(task)?;
     t.by_status_mut()?
         .insert((task.status.code(), task.id.as_u128()), ())?;
     bump_count(t, task.status, &task.task_type, 1)?;
-    schedule(t, task, now)
+    if task.status.is_waiting() {
+        schedule(t, task, now)?;
+    }
+    Ok(())
 }
 
 /// Moves a task to `status`, keeping the status index and counts in step (the record is saved
@@ -118,8 +121,8 @@ pub(super) fn end_lease(t: &mut Tables<'_>, task: &mut Task) -> Result<(), Queue
     Ok(())
 }
 
-/// Deletes a task with its index entries, count and log lines.
-pub(super) fn delete_task(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueError> {
+/// Deletes a task with its index entries, count and log lines; returns how many log lines.
+pub(super) fn delete_task(t: &mut Tables<'_>, task: &Task) -> Result<u64, QueueError> {
     unschedule(t, task)?;
     if let Some(lease) = task.lease {
         t.leased_mut()?
@@ -134,10 +137,10 @@ pub(super) fn delete_task(t: &mut Tables<'_>, task: &Task) -> Result<(), QueueEr
         .range((task.id.as_u128(), 0)..=(task.id.as_u128(), u32::MAX))?
         .map(|r| r.map(|(k, _)| k.value()))
         .collect::<Result<_, _>>()?;
-    for key in lines {
-        t.logs_mut()?.remove(key)?;
+    for key in &lines {
+        t.logs_mut()?.remove(*key)?;
     }
-    Ok(())
+    Ok(lines.len() as u64)
 }
 
 /// Whether a task is ready, or a delayed one is due.

@@ -29,6 +29,7 @@ mod task_types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use redb::{ReadableTable, WriteTransaction};
 use tokio::sync::Notify;
@@ -43,7 +44,7 @@ use tables::{ReadTables, ReadableTables, Tables};
 
 pub use daily::DAILY_DAYS;
 pub use dlq::{DlqStats, DrainReport};
-pub use maintenance::{Maintenance, QUEUE_WAITING_SERIES};
+pub use maintenance::{Maintenance, PURGE_BATCH, QUEUE_WAITING_SERIES, QueuePurge};
 pub use model::{
     Attempt, Completion, DayCount, Enqueued, Lease, LeaseRequest, NewTask, Outcome, Receipt,
     ResultForm, Snapshot, Status, Task, TaskFilter, TaskPage, TaskType, TypePause,
@@ -68,6 +69,16 @@ pub enum QueueError {
     /// The task is in a state that does not allow this.
     #[error("{0}")]
     Conflict(String),
+    /// An idempotency key that names a live task was sent with another type or payload.
+    #[error(
+        "idempotency_key {key:?} already names task {task} with another type or payload; use a new key for a new task"
+    )]
+    IdempotencyConflict {
+        /// The key as sent.
+        key: String,
+        /// The task the key names.
+        task: Uuid,
+    },
     /// The queue is full.
     #[error("the queue holds {depth} waiting tasks (queue.max_depth is {max}); retry later")]
     Full {
@@ -134,6 +145,8 @@ pub struct Queue {
     handlers: Arc<dyn Handlers>,
     removal: Arc<dyn TaskRemoval>,
     wake: Arc<Notify>,
+    /// Set when an enqueue was refused as the queue was full; cleared by a read that finds room.
+    seen_full: AtomicBool,
 }
 
 /// Most index entries one transaction promotes, reaps or purges.
@@ -160,6 +173,7 @@ impl Queue {
             handlers,
             removal,
             wake: Arc::new(Notify::new()),
+            seen_full: AtomicBool::new(false),
         }
     }
 
@@ -359,35 +373,42 @@ fn transition_event(task: &Task) -> Event {
     }
 }
 
+/// Most task records one list page decodes: a filter that matches rarely answers a page with
+/// fewer tasks (or none) and a cursor to go on from, instead of reading the whole table.
+pub const LIST_SCAN_LIMIT: usize = 10_000;
+
+/// Payload and result bytes after which a list page ends (with a cursor), so that a page of
+/// large tasks stays bounded in memory.
+pub const LIST_MAX_BYTES: usize = 8 << 20;
+
 fn list_tasks(t: &impl ReadableTables, filter: &TaskFilter) -> Result<TaskPage, QueueError> {
     let limit = filter.limit.clamp(1, 1000);
     let before = filter.cursor.map_or(u128::MAX, |c| c.as_u128());
     let mut tasks = Vec::new();
-    let matches = |task: &Task| {
-        filter
-            .task_type
-            .as_ref()
-            .is_none_or(|ty| *ty == task.task_type)
+    let mut scanned = 0;
+    let mut bytes = 0;
+    let mut cut = false;
+    let mut visit = |task: Option<Task>| {
+        scanned += 1;
+        if let Some(task) = task.filter(|task| {
+            filter
+                .task_type
+                .as_ref()
+                .is_none_or(|ty| *ty == task.task_type)
+        }) {
+            bytes += task.payload.len() + task.result.as_ref().map_or(0, String::len);
+            tasks.push(task);
+        }
+        cut = tasks.len() >= limit || scanned >= LIST_SCAN_LIMIT || bytes >= LIST_MAX_BYTES;
+        !cut
     };
     let last = match filter.status {
         Some(status) => t.ids_with_status_newest_first(status, before, |raw| {
-            if let Some(task) = t.task(Uuid::from_u128(raw))?
-                && matches(&task)
-            {
-                tasks.push(task);
-            }
-            Ok(tasks.len() < limit)
+            Ok(visit(t.task(Uuid::from_u128(raw))?))
         })?,
-        None => t.tasks_newest_first(before, |task| {
-            if matches(&task) {
-                tasks.push(task);
-            }
-            tasks.len() < limit
-        })?,
+        None => t.tasks_newest_first(before, |task| visit(Some(task)))?,
     };
-    let next_cursor = (tasks.len() == limit)
-        .then(|| last.map(Uuid::from_u128))
-        .flatten();
+    let next_cursor = cut.then(|| last.map(Uuid::from_u128)).flatten();
     Ok(TaskPage { tasks, next_cursor })
 }
 

@@ -257,7 +257,7 @@ async fn deleting_tasks_tells_the_runner_in_the_same_transaction() {
     let done = f.queue.enqueue("test", new_task("b")).await.unwrap().task;
     f.queue.cancel("test", done.id).await.unwrap();
     f.clock.advance_ms(400 * 86_400_000);
-    assert_eq!(f.queue.purge_expired().await.unwrap(), 1);
+    assert_eq!(f.queue.purge_expired().await.unwrap().tasks, 1);
     assert_eq!(*f.runner.removed.lock().unwrap(), vec![dead.id, done.id]);
     assert!(matches!(
         f.queue.get(done.id).await,

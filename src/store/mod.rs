@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 9;
+pub const SCHEMA_VERSION: u64 = 10;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -187,7 +187,7 @@ impl Store {
     /// commit is durable.
     ///
     /// `work` may run more than once (when another request in its batch fails, the batch is
-    /// re-run without that one), so it must only touch the transaction.
+    /// re-run without the failed ones), so it must only touch the transaction.
     pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -319,6 +319,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_task_type_and_daily_tables,
     create_running_commands_table,
     upgrade_circuit_records,
+    separate_idempotency_namespaces,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -407,6 +408,40 @@ fn upgrade_circuit_records(tx: &WriteTransaction) -> Result<(), StoreError> {
     }
     for (name, bytes) in upgraded {
         table.insert(name.as_str(), bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Idempotency keys move into namespaces: the inbox's `hook:<source>:<id>` keys become
+/// `inbox:<key>` and every other key (chosen by an API caller) `api:<key>`, in both the key
+/// table and its expiry index. An API key that began with `hook:` is taken as the inbox's,
+/// which keeps every genuine delivery a duplicate of itself.
+fn separate_idempotency_namespaces(tx: &WriteTransaction) -> Result<(), StoreError> {
+    use redb::ReadableTable;
+    fn namespaced(key: &str) -> String {
+        if key.starts_with("hook:") {
+            format!("inbox:{key}")
+        } else {
+            format!("api:{key}")
+        }
+    }
+    let mut keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS)?;
+    let entries: Vec<(String, (u128, i64))> = keys
+        .iter()?
+        .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+        .collect::<Result<_, _>>()?;
+    for (key, value) in &entries {
+        keys.remove(key.as_str())?;
+        keys.insert(namespaced(key).as_str(), *value)?;
+    }
+    let mut expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY)?;
+    let entries: Vec<(i64, String)> = expiry
+        .iter()?
+        .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+        .collect::<Result<_, _>>()?;
+    for (at, key) in &entries {
+        expiry.remove((*at, key.as_str()))?;
+        expiry.insert((*at, namespaced(key).as_str()), ())?;
     }
     Ok(())
 }
@@ -508,6 +543,121 @@ mod tests {
                     let want = (i % 7 != 0).then_some(i * 10);
                     assert_eq!(got, want, "key {i}");
                 }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_batch_with_failures_runs_at_most_twice() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        // Hold the writer in a request of its own until the batch under test is queued.
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let blocker = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                store.write_blocking(move |_| -> Result<(), StoreError> {
+                    let _ = started.send(());
+                    let _ = held.lock().unwrap().recv();
+                    Ok(())
+                })
+            })
+        };
+        running.recv().unwrap();
+        let runs: Arc<Vec<AtomicUsize>> = Arc::new((0..64).map(|_| AtomicUsize::new(0)).collect());
+        let answers: Vec<_> = (0..63u64)
+            .map(|i| {
+                let runs = Arc::clone(&runs);
+                store.submit(move |tx| -> Result<u64, StoreError> {
+                    runs[i as usize].fetch_add(1, Ordering::SeqCst);
+                    tx.open_table(T)?.insert(i, i)?;
+                    if i % 4 == 0 {
+                        return Err(StoreError::Storage(format!("request {i} refused")));
+                    }
+                    Ok(i)
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        blocker.join().unwrap().unwrap();
+        for (i, answer) in answers.into_iter().enumerate() {
+            let result = answer.blocking_recv().unwrap();
+            assert_eq!(result.is_err(), i % 4 == 0, "request {i}: {result:?}");
+        }
+        for (i, count) in runs.iter().take(63).enumerate() {
+            let n = count.load(Ordering::SeqCst);
+            assert!((1..=2).contains(&n), "request {i} ran {n} times");
+        }
+        let total: usize = runs.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+        assert!(
+            total <= 63 + 47,
+            "{total} runs for 63 requests with 16 failures"
+        );
+        store
+            .read_blocking(|tx| -> Result<(), StoreError> {
+                let t = tx.open_table(T)?;
+                for i in 0..63u64 {
+                    assert_eq!(t.get(i)?.map(|v| v.value()), (i % 4 != 0).then_some(i));
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn idempotency_keys_move_into_their_namespaces() {
+        use redb::ReadableTable;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            migrate(&db, &path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS).unwrap();
+                let mut expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY).unwrap();
+                for (n, key) in ["order-1", "hook:sw:msg_1"].iter().enumerate() {
+                    keys.insert(*key, (n as u128, 1000 + n as i64)).unwrap();
+                    expiry.insert((1000 + n as i64, *key), ()).unwrap();
+                }
+                tx.open_table(tables::META)
+                    .unwrap()
+                    .insert(tables::META_SCHEMA_VERSION, SCHEMA_VERSION - 1)
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = open(dir.path());
+        store
+            .read_blocking(|tx| -> Result<(), StoreError> {
+                let keys = tx.open_table(tables::queue::IDEMPOTENCY_KEYS)?;
+                let all: Vec<(String, (u128, i64))> = keys
+                    .iter()?
+                    .map(|r| r.map(|(k, v)| (k.value().to_string(), v.value())))
+                    .collect::<Result<_, _>>()?;
+                assert_eq!(
+                    all,
+                    vec![
+                        ("api:order-1".to_string(), (0, 1000)),
+                        ("inbox:hook:sw:msg_1".to_string(), (1, 1001)),
+                    ]
+                );
+                let expiry = tx.open_table(tables::queue::IDEMPOTENCY_EXPIRY)?;
+                let all: Vec<(i64, String)> = expiry
+                    .iter()?
+                    .map(|r| r.map(|(k, _)| (k.value().0, k.value().1.to_string())))
+                    .collect::<Result<_, _>>()?;
+                assert_eq!(
+                    all,
+                    vec![
+                        (1000, "api:order-1".to_string()),
+                        (1001, "inbox:hook:sw:msg_1".to_string()),
+                    ]
+                );
                 Ok(())
             })
             .unwrap();

@@ -2,8 +2,11 @@
 //!
 //! Requests queue in a channel. The writer takes all that are waiting (up to `max_batch`), runs
 //! them one after another in one write transaction, commits once with `Durability::Immediate`,
-//! then answers each caller. A request that fails has its writes undone without undoing the
-//! others: the transaction is aborted and the batch re-run without it.
+//! then answers each caller. Requests that fail have their writes undone without undoing the
+//! others: the transaction is aborted, every failed request is answered with its error, and the
+//! rest of the batch is re-run once without them. A batch with k failures therefore costs two
+//! runs, not k. (A request that succeeded only because of a failed one's partial writes fails on
+//! the re-run and is answered then; the batch shrinks with every run, so this ends.)
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -153,18 +156,23 @@ fn commit_batch(
         for hook in hooks {
             hook.begun();
         }
-        let failed = batch.iter_mut().position(|job| !job.run(&tx));
-        match failed {
-            Some(index) => {
+        let succeeded: Vec<bool> = batch.iter_mut().map(|job| job.run(&tx)).collect();
+        match succeeded.iter().any(|ok| !ok) {
+            true => {
                 if let Err(e) = tx.abort() {
                     tracing::error!(error = %e, "aborting write transaction failed");
                 }
-                batch.remove(index).finish(Ok(()));
+                let (rest, failed): (Vec<_>, Vec<_>) =
+                    batch.into_iter().zip(succeeded).partition(|(_, ok)| *ok);
+                for (job, _) in failed {
+                    job.finish(Ok(()));
+                }
+                batch = rest.into_iter().map(|(job, _)| job).collect();
                 if batch.is_empty() {
                     return;
                 }
             }
-            None => {
+            false => {
                 let started = Instant::now();
                 let committed = tx.commit().map_err(StoreError::from);
                 if let Some(observe) = observer {

@@ -972,7 +972,7 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
         &[
             ("type", "hook"),
             ("payload", r#"{"hello": "dash"}"#),
-            ("run_at", "2030-01-01T00:00:00Z"),
+            ("run_at", "2026-06-01T00:00:00Z"),
         ],
     );
     assert_eq!(r.status, 303, "{}", r.body);

@@ -371,11 +371,7 @@ fn the_dashboard_works_in_headless_chromium() {
     }
 
     // And a cycle, for the cycles pages.
-    let r = app.post_json(
-        "/api/v1/cycles/trigger",
-        Some(&app.admin_key),
-        &json!({"namespace": "browser"}),
-    );
+    let r = app.post_json("/api/v1/cycles/trigger", Some(&app.admin_key), &json!({}));
     assert_eq!(r.status, 201, "{}", r.body);
     let cycle = r.json()["cycle_run_id"].as_str().unwrap().to_string();
 

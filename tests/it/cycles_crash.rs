@@ -215,7 +215,7 @@ program = "/bin/cat"
 
     let mut cycles: Vec<String> = Vec::new();
     for (k, point) in CRASH_POINTS.iter().enumerate() {
-        let slot = format!("crash-{k}");
+        let slot = format!("2026-01-01T00:{k:02}:00Z");
         let mut proc = spawn(&data, &toml, Some(point));
         let first = trigger(&proc.base, &key, &slot);
         let status = wait_exit(&mut proc);
@@ -293,7 +293,7 @@ program = "/bin/cat"
     let mut proc = spawn(&data, &toml, None);
     let mut random_ids = Vec::new();
     for n in 0..RANDOM_CYCLES {
-        let (_, v) = trigger(&proc.base, &key, &format!("random-{n}")).unwrap();
+        let (_, v) = trigger(&proc.base, &key, &format!("2026-01-02T00:00:{n:02}Z")).unwrap();
         random_ids.push(v["cycle_run_id"].as_str().unwrap().to_string());
     }
     for _ in 0..RANDOM_KILLS {

@@ -562,3 +562,50 @@ fn sources_are_listed_without_secrets() {
     let r = app.get("/api/v1/inbox/rejections", Some(&viewer));
     assert_eq!(r.status, 403, "{}", r.body);
 }
+
+/// An API caller's idempotency key cannot swallow an inbound delivery: a task submitted with
+/// the key the inbox derives for a delivery (`hook:<source>:<id>`) and a far `run_at` leaves
+/// the genuine signed delivery to be accepted as new (not answered `duplicate`), and the
+/// delivery's own replay is still a duplicate of the delivery's task.
+#[test]
+fn an_api_idempotency_key_cannot_name_an_inbound_delivery() {
+    let app = start();
+    let body = r#"{"release":42}"#;
+    let planted = app.post_json(
+        "/api/v1/tasks",
+        Some(&app.admin_key),
+        &json!({"type": "hook-event", "payload": {}, "idempotency_key": "hook:sw:release-42",
+            "run_at": "2026-06-01T00:00:00Z"}),
+    );
+    assert_eq!(planted.status, 201, "{}", planted.body);
+    let planted = planted.json()["id"].as_str().unwrap().to_string();
+
+    let delivered = accepted_task(&post_sw(
+        &app,
+        SW_SECRET,
+        "release-42",
+        now_s(&app),
+        body,
+        None,
+    ));
+    assert_ne!(delivered, planted);
+    assert_eq!(task_count(&app), 2);
+
+    // Both namespaces still work on their own.
+    let again = app.post_json(
+        "/api/v1/tasks",
+        Some(&app.admin_key),
+        &json!({"type": "hook-event", "payload": {}, "idempotency_key": "hook:sw:release-42",
+            "run_at": "2026-06-01T00:00:00Z"}),
+    );
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["id"], planted.as_str());
+    // Past the inbox's replay window only the delivery's idempotency key names its task.
+    app.clock.advance_ms(601_000);
+    let replay = post_sw(&app, SW_SECRET, "release-42", now_s(&app), body, None);
+    assert_eq!(replay.status, 200, "{}", replay.body);
+    assert_eq!(
+        replay.json(),
+        json!({"status": "duplicate", "task_id": delivered})
+    );
+}

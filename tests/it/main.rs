@@ -21,10 +21,12 @@ mod queue;
 mod queue_crash;
 mod receiver;
 mod records;
+mod retention;
 mod roles;
 mod support;
 mod tamper;
 mod tidy;
+mod validation;
 mod waiting;
 mod workflow;
 

@@ -376,11 +376,11 @@ fn fifty_concurrent_submits_of_one_idempotency_key_make_exactly_one_task() {
     let service = app.create_key("service");
     let start = Arc::new(Barrier::new(CLIENTS));
     let threads: Vec<_> = (0..CLIENTS)
-        .map(|i| {
+        .map(|_| {
             let (base, key, start) = (app.base.clone(), service.clone(), Arc::clone(&start));
             std::thread::spawn(move || {
                 let body = serde_json::to_vec(&json!({
-                    "type": "notify", "payload": {"from": i}, "idempotency_key": "same-key",
+                    "type": "notify", "payload": {}, "idempotency_key": "same-key",
                 }))
                 .unwrap();
                 start.wait();
@@ -2075,7 +2075,6 @@ fn task_metrics_count_attempts_durations_latencies_and_depth() {
     let maintenance = keel::queue::Maintenance {
         queue: Arc::clone(&app.app.queue),
         metrics: Arc::clone(&app.app.metrics),
-        last_purge: None,
     };
     app.block_on(maintenance.publish_gauges())
         .expect("publish gauges");
