@@ -174,8 +174,8 @@ pub enum KeysCommand {
         /// Its role.
         #[arg(long, value_enum)]
         role: Role,
-        /// Lifetime, e.g. 90d, 12h, 30m, 45s.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        /// Lifetime with its unit, e.g. 90d, 12h, 30m, 45s (at most 5 years).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifetime_secs)]
         expires_in: Option<u64>,
     },
     /// List keys (never their secrets).
@@ -183,15 +183,25 @@ pub enum KeysCommand {
     /// Revoke a key at once.
     Revoke {
         /// Key id.
+        #[arg(value_parser = parse_key_id)]
         id: uuid::Uuid,
+        /// Revoke it even when it is the last active admin key.
+        #[arg(long)]
+        force: bool,
     },
     /// Replace a key; the old one keeps working during the overlap.
     Rotate {
         /// Key id.
+        #[arg(value_parser = parse_key_id)]
         id: uuid::Uuid,
-        /// How long the old key keeps working, e.g. 24h (default: auth.rotation_overlap_seconds).
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        /// How long the old key keeps working, e.g. 24h, at most 30d (default:
+        /// auth.rotation_overlap_seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_overlap_secs)]
         overlap: Option<u64>,
+        /// Lifetime of the new key from now, e.g. 90d, at most 5 years (default: the old key's
+        /// expiry).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifetime_secs)]
+        expires_in: Option<u64>,
     },
 }
 
@@ -247,7 +257,8 @@ pub enum BenchCommand {
     },
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
+/// Parses a duration with its unit: `90d`, `12h`, `30m` or `45s`, into seconds. A bare number
+/// is refused, since nobody can tell whether `90` meant seconds or days.
 pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -255,10 +266,13 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (examples: 90d, 12h, 30m, 45s)"))?;
     let factor = match unit {
-        "" | "s" => 1,
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
+        "" => {
+            return Err(format!("`{s}` has no unit: write {s}s, {s}m, {s}h or {s}d"));
+        }
         other => {
             return Err(format!(
                 "unknown unit `{other}` in `{s}` (use s, m, h or d)"
@@ -267,6 +281,36 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// A rotation overlap: a duration of at most 30 days.
+fn parse_overlap_secs(s: &str) -> Result<u64, String> {
+    let secs = parse_duration_secs(s)?;
+    if secs > crate::config::MAX_ROTATION_OVERLAP_SECONDS {
+        return Err(format!(
+            "`{s}` is longer than the 30 days an overlap may last"
+        ));
+    }
+    Ok(secs)
+}
+
+/// A key lifetime: a duration of at least a second and at most 5 years (1826 days).
+fn parse_lifetime_secs(s: &str) -> Result<u64, String> {
+    let secs = parse_duration_secs(s)?;
+    if secs == 0 {
+        return Err(format!("`{s}` would expire the key at once"));
+    }
+    if secs.saturating_mul(1000) > crate::auth::MAX_KEY_LIFETIME_MS as u64 {
+        return Err(format!(
+            "`{s}` is longer than the 5 years (1826d) a key may live"
+        ));
+    }
+    Ok(secs)
+}
+
+/// Parses a key id argument, saying what was expected when it is not one.
+fn parse_key_id(s: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim()).map_err(|_| format!("expected a key id (UUID), got `{s}`"))
 }
 
 /// A failure with the exit code it maps to.

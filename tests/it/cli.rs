@@ -308,7 +308,29 @@ fn keys_work_offline_and_through_the_running_server() {
         &[],
     );
     assert_eq!(out.code, 2, "an absurdly long lifetime is refused: {out:?}");
-    assert!(out.stderr.contains("year 10000"), "{}", out.stderr);
+    assert!(out.stderr.contains("5 years"), "{}", out.stderr);
+    for (lifetime, says) in [
+        ("90", "has no unit: write 90s, 90m, 90h or 90d"),
+        ("1827d", "5 years"),
+        ("0d", "at once"),
+        ("3w", "unknown unit `w`"),
+    ] {
+        let out = keel(
+            &[
+                "keys",
+                "create",
+                "--name",
+                "unitless",
+                "--role",
+                "viewer",
+                "--expires-in",
+                lifetime,
+            ],
+            &[],
+        );
+        assert_eq!(out.code, 2, "--expires-in {lifetime}: {out:?}");
+        assert!(out.stderr.contains(says), "{lifetime}: {}", out.stderr);
+    }
     let out = keel(
         &[
             "keys",
@@ -318,11 +340,11 @@ fn keys_work_offline_and_through_the_running_server() {
             "--role",
             "viewer",
             "--expires-in",
-            "3650d",
+            "1826d",
         ],
         &[],
     );
-    assert_ok(&out, "a ten-year lifetime");
+    assert_ok(&out, "a five-year lifetime");
     let forever_token = printed(&out, "key:");
 
     let out = keel(&["keys", "create", "--name", "ops", "--role", "admin"], &[]);
@@ -342,11 +364,22 @@ fn keys_work_offline_and_through_the_running_server() {
         vec!["keys", "rotate", unknown.as_str()],
     ] {
         let out = keel(&args, &[]);
-        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(
+            out.code, 1,
+            "an unknown key is a failure: {args:?}: {out:?}"
+        );
         assert!(out.stderr.contains(&unknown), "{}", out.stderr);
     }
-    let out = keel(&["keys", "revoke", "not-a-uuid"], &[]);
+    let out = keel(&["keys", "revoke", "nope"], &[]);
     assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("expected a key id (UUID), got `nope`"),
+        "{}",
+        out.stderr
+    );
+    let out = keel(&["keys", "rotate", &op2_id, "--overlap", "31d"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("30 days"), "{}", out.stderr);
 
     // The server starts on that data dir; it makes no initial admin key since keys exist.
     let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
@@ -421,7 +454,8 @@ fn keys_work_offline_and_through_the_running_server() {
     let out = keel(&["keys", "rotate", &op2_id, "--overlap", "60s"], &env);
     assert_ok(&out, "remote rotate");
     let out = keel(&["keys", "revoke", &unknown], &env);
-    assert_eq!(out.code, 2, "remote unknown id: {out:?}");
+    assert_eq!(out.code, 1, "a server's 404 is a failure: {out:?}");
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
 
     let online = audit(seq);
     let got: Vec<(&str, &str, &str)> = online
@@ -452,6 +486,19 @@ fn keys_work_offline_and_through_the_running_server() {
         "{}",
         online[2]
     );
+
+    // `ops` is the only admin key: revoking it needs --force.
+    let out = keel(&["keys", "revoke", &admin_id], &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("409") && out.stderr.contains("last active admin key"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(status(&admin).status, 200);
+    let out = keel(&["keys", "revoke", &admin_id, "--force"], &env);
+    assert_ok(&out, "forced revoke");
+    assert_eq!(status(&admin).error_code(), "key_revoked");
     assert_eq!(proc.terminate(), 0);
 }
 

@@ -11,6 +11,7 @@ mod cycles_crash;
 mod doctor;
 mod events;
 mod inbox;
+mod keys;
 mod llm;
 mod queue;
 mod queue_crash;

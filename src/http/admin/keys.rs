@@ -9,7 +9,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{AdminError, Ctx, Layout, PageForm, PagePath, ago, seconds, time, time_opt};
-use crate::auth::{KeyView, NewKey, Role};
+use crate::auth::{KeyView, NewKey, Role, Rotation, secs_to_ms};
 use crate::http::AppState;
 
 /// A key in the list.
@@ -187,7 +187,10 @@ pub async fn rotate(
         .rotate(
             &ctx.actor(),
             id,
-            overlap.saturating_mul(1000).min(i64::MAX as u64) as i64,
+            Rotation {
+                overlap_ms: secs_to_ms(overlap),
+                expires_at: None,
+            },
         )
         .await?;
     let note = format!(
@@ -209,6 +212,6 @@ pub async fn revoke(
     ctx: Ctx,
     PagePath(id): PagePath<String>,
 ) -> Result<Redirect, AdminError> {
-    app.auth.revoke(&ctx.actor(), key_id(&id)?).await?;
+    app.auth.revoke(&ctx.actor(), key_id(&id)?, false).await?;
     Ok(Redirect::to("/admin/keys?msg=revoked"))
 }
