@@ -98,7 +98,7 @@ impl Core {
     /// file) when another keel holds the database.
     pub fn open(config: Config, clock: SharedClock) -> Result<Core, StartError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        crate::fsutil::create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
         })?;

@@ -1,5 +1,6 @@
 //! `keel doctor`: checks what a user would otherwise debug by hand (configuration, data dir,
-//! disk, database, schema, audit chain, secret file modes, clock, listen port, systemd unit) and
+//! disk, database, schema, audit chain, secret file, data dir and database modes, clock, listen port,
+//! systemd unit) and
 //! reports each as ok / warn / fail / skip with a hint.
 //!
 //! Doctor only reads: the one thing it writes is a probe file in the data dir (removed at once)
@@ -21,7 +22,7 @@ mod host;
 
 use database::{base_url, check_audit, check_database, check_schema};
 pub use files::disk_status;
-use files::{check_data_dir, check_disk, check_secret_files};
+use files::{check_data_dir, check_disk, check_file_modes, check_secret_files};
 pub use host::check_clock;
 use host::{check_listen, check_systemd};
 
@@ -196,6 +197,7 @@ pub fn run(options: &Options) -> Report {
                 "schema",
                 "audit",
                 "secret_files",
+                "file_modes",
                 "listen",
             ] {
                 checks.push(Check::new(
@@ -223,6 +225,7 @@ pub fn run(options: &Options) -> Report {
     let (audit_check, head) = check_audit(&config, &db, api_key.as_deref());
     checks.push(audit_check);
     checks.push(check_secret_files(dir, dir_exists));
+    checks.push(check_file_modes(dir, &config.database_path(), dir_exists));
     checks.push(check_clock(options.now_ms, head));
     checks.push(check_listen(config.server.listen, &db));
     checks.push(check_systemd());
