@@ -1,7 +1,6 @@
 //! `keel doctor`: checks what a user would otherwise debug by hand (configuration, data dir,
-//! disk, database, schema, audit chain, secret file, data dir and database modes, clock, listen port,
-//! systemd unit) and
-//! reports each as ok / warn / fail / skip with a hint.
+//! disk, database, schema, audit chain, modes of the secret files, data dir and database, clock,
+//! listen port, systemd unit) and reports each as ok / warn / fail / skip with a hint.
 //!
 //! Doctor only reads: the one thing it writes is a probe file in the data dir (removed at once)
 //! to learn whether the directory is writable. When a running keel holds the database, the
