@@ -32,11 +32,23 @@ enum Target {
 
 /// Opens the database for a management command, or, when a running keel holds it, prepares to
 /// go through its API.
+///
+/// A command that only reads (`read_only`) never creates a data dir or a database: without one
+/// it fails (exit 2: the configuration points nowhere), saying where it looked.
 fn management_target(
     config: &Config,
     clock: &SharedClock,
     server: ServerAccess,
+    read_only: bool,
 ) -> Result<Target, Failure> {
+    let database = config.database_path();
+    if read_only && !database.exists() {
+        return Err(usage(anyhow!(
+            "no keel database at {} (data_dir is {}): give --data-dir, --config or KEEL_DATA_DIR to point at keel's data",
+            database.display(),
+            config.data_dir.display()
+        )));
+    }
     match Core::open(config.clone(), Arc::clone(clock)) {
         Ok(core) => Ok(Target::Offline(core)),
         Err(StartError::Store(StoreError::Locked { .. })) => {
@@ -78,7 +90,8 @@ pub(super) fn keys(
     command: KeysCommand,
 ) -> Result<ExitCode, Failure> {
     let overlap_default = config.auth.rotation_overlap_seconds;
-    let value = match management_target(&config, &clock, server)? {
+    let read_only = matches!(command, KeysCommand::List);
+    let value = match management_target(&config, &clock, server, read_only)? {
         Target::Offline(core) => run_offline(core, |core| async move {
             keys_offline(&core, clock.as_ref(), command, overlap_default).await
         })?,
@@ -94,7 +107,8 @@ pub(super) fn dlq(
     server: ServerAccess,
     command: DlqCommand,
 ) -> Result<ExitCode, Failure> {
-    let value = match management_target(&config, &clock, server)? {
+    // Without a database there is no dead task to look at or drain: never create one.
+    let value = match management_target(&config, &clock, server, true)? {
         Target::Offline(core) => run_offline(core, |core| async move {
             let queue_failure = |e: crate::queue::QueueError| match e {
                 crate::queue::QueueError::Invalid(_) => usage(e),

@@ -2,8 +2,9 @@
 //! `doctor`, `completions`, `version` and `bench store` (and the hidden `manpage`, used when
 //! building packages).
 //!
-//! Exit codes: 0 success, 1 failure (including a failed verification or health check),
-//! 2 bad usage or bad configuration.
+//! Exit codes: 0 success, 1 failure (including a failed verification or health check, and a
+//! server's error answer), 2 bad usage or bad configuration, 3 (`audit verify`) the database
+//! needs crash recovery first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub struct Cli {
     /// Configuration file (default: embedded defaults; env KEEL_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Data directory (overrides data_dir; env KEEL_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,9 +48,6 @@ pub enum Command {
         /// Address to listen on (overrides server.listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        /// Data directory (overrides data_dir).
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
     },
     /// Inspect the configuration.
     Config {
@@ -159,8 +160,14 @@ pub enum ConfigCommand {
 /// `keel audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain and the signed checkpoints.
-    Verify,
+    /// Verify the hash chain and the signed checkpoints. Exit 3 when the database needs crash
+    /// recovery first (keel was killed): run again with --repair, or start keel once.
+    Verify {
+        /// Run redb's crash recovery first when the database needs it (writes only what
+        /// recovery writes; the audit entries are not changed).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// `keel keys …`
@@ -346,9 +353,9 @@ pub fn main() -> ExitCode {
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let mut options = LoadOptions::from_process_env(cli.config.clone());
-    if let Command::Serve { listen, data_dir } = &cli.command {
+    options.data_dir = cli.data_dir.clone();
+    if let Command::Serve { listen } = &cli.command {
         options.listen = *listen;
-        options.data_dir = data_dir.clone();
     }
     Config::load(&options).map_err(usage)
 }
@@ -390,7 +397,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Doctor { json, api_key } => {
-            return doctor(cli.config.clone(), *json, api_key.clone());
+            let mut load = LoadOptions::from_process_env(cli.config.clone());
+            load.data_dir = cli.data_dir.clone();
+            return doctor(load, *json, api_key.clone());
         }
         Command::Manpage { dir } => {
             clap_mangen::generate_to(Cli::command(), dir)
@@ -417,10 +426,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { repair },
         } => {
             init_logging(&config, Some("warn"));
-            audit_verify(&config)
+            audit_verify(&config, repair)
         }
         Command::Keys { server, command } => {
             init_logging(&config, Some("warn"));
@@ -495,13 +504,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 /// `keel doctor`: runs every check (a bad configuration is one of them, not a usage error).
-fn doctor(
-    config_file: Option<PathBuf>,
-    json: bool,
-    api_key: Option<String>,
-) -> Result<ExitCode, Failure> {
+fn doctor(load: LoadOptions, json: bool, api_key: Option<String>) -> Result<ExitCode, Failure> {
     let report = crate::doctor::run(&crate::doctor::Options {
-        load: LoadOptions::from_process_env(config_file),
+        load,
         api_key,
         now_ms: SystemClock.now_ms(),
     });
@@ -539,21 +544,49 @@ fn start_failure(e: StartError) -> Failure {
     }
 }
 
-fn audit_verify(config: &Config) -> Result<ExitCode, Failure> {
+/// Exit code of `keel audit verify` when the database needs crash recovery before it can be
+/// read: not a failed verification, which is 1.
+const NEEDS_RECOVERY: u8 = 3;
+
+fn audit_verify(config: &Config, repair: bool) -> Result<ExitCode, Failure> {
     let path = config.database_path();
     if !path.exists() {
         bail_usage(format!(
-            "no database at {} (check data_dir)",
-            path.display()
+            "no keel database at {} (data_dir is {}; give --data-dir, --config or KEEL_DATA_DIR)",
+            path.display(),
+            config.data_dir.display()
         ))?;
     }
-    let db = redb::ReadOnlyDatabase::open(&path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => anyhow!(
+    let in_use = || {
+        anyhow!(
             "{} is in use by a running keel: stop it first, or use POST /api/v1/audit/verify",
             path.display()
-        ),
-        other => anyhow!("cannot open {}: {other}", path.display()),
-    })?;
+        )
+    };
+    if repair {
+        // A writable open runs redb's recovery when the file needs it, then closes cleanly.
+        match redb::Database::open(&path) {
+            Ok(db) => drop(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(in_use().into()),
+            Err(other) => {
+                return Err(anyhow!("cannot repair {}: {other}", path.display()).into());
+            }
+        }
+    }
+    let db = match redb::ReadOnlyDatabase::open(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(in_use().into()),
+        Err(redb::DatabaseError::RepairAborted) => {
+            return Err(Failure {
+                code: NEEDS_RECOVERY,
+                error: anyhow!(
+                    "{} was not closed cleanly (keel was stopped by a crash or kill -9) and needs crash recovery before it can be verified; nothing is known to be wrong with the audit log. Run `keel audit verify --repair` (recovers, then verifies), or start keel once",
+                    path.display()
+                ),
+            });
+        }
+        Err(other) => return Err(anyhow!("cannot open {}: {other}", path.display()).into()),
+    };
     let audit =
         Audit::load(&config.data_dir, config.audit.checkpoint_every).map_err(anyhow::Error::new)?;
     let tx = redb::ReadableDatabase::begin_read(&db).context("cannot read the database")?;

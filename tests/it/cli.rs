@@ -591,3 +591,118 @@ fn a_newer_schema_is_refused_and_left_untouched() {
         "keys list changed the file"
     );
 }
+
+/// `keys list`, `dlq stats`, `audit verify` and `doctor` run where no keel lives: they say
+/// where they looked and create nothing; `--data-dir` points every one of them at the data.
+#[test]
+fn read_only_commands_create_nothing_and_take_data_dir() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run_in_cwd = |args: &[&str]| {
+        let mut cmd = keel_cmd();
+        cmd.args(args).current_dir(cwd.path());
+        let out = cmd.output().expect("run keel");
+        CmdOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    for args in [
+        &["keys", "list"][..],
+        &["dlq", "stats"],
+        &["dlq", "drain", "--max", "10"],
+        &["audit", "verify"],
+    ] {
+        let out = run_in_cwd(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("no keel database at ./keel-data/keel.redb")
+                && out.stderr.contains("--data-dir"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_in_cwd(&["doctor"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(left.is_empty(), "created {left:?}");
+
+    let data = cwd.path().join("elsewhere");
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    assert_eq!(proc.terminate(), 0);
+    let data_arg = data.display().to_string();
+    for args in [
+        &["keys", "list", "--data-dir", &data_arg][..],
+        &["--data-dir", &data_arg, "dlq", "stats"],
+        &["audit", "verify", "--data-dir", &data_arg],
+        &["doctor", "--data-dir", &data_arg, "--json"],
+    ] {
+        let out = run_in_cwd(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let out = run_in_cwd(&["keys", "list", "--data-dir", &data_arg]);
+    assert!(out.stdout.contains("initial-admin"), "{out:?}");
+    let out = run_in_cwd(&["doctor", "--data-dir", &data_arg, "--json"]);
+    assert!(out.stdout.contains(&data_arg), "{out:?}");
+    assert!(!cwd.path().join("keel-data").exists());
+}
+
+/// After a kill -9 in the middle of writes, `audit verify` says the database needs crash
+/// recovery (exit 3, not the 1 of a failed verification); `--repair` recovers and verifies.
+#[test]
+fn audit_verify_after_a_kill_says_the_database_needs_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    let admin = proc.admin_key();
+    let base = proc.base.clone();
+    let writer = std::thread::spawn(move || {
+        let agent = crate::support::agent();
+        let mut acknowledged = 0;
+        for i in 0.. {
+            let body = json!({"name": format!("k{i}"), "role": "viewer"});
+            match crate::support::send(&agent, &base, "POST", "/api/v1/keys", &admin, Some(&body)) {
+                Ok(r) if r.status == 201 => acknowledged += 1,
+                _ => break,
+            }
+        }
+        acknowledged
+    });
+    // Let writes flow, then kill while they do.
+    crate::support::poll_until("keys were written", || {
+        let r = request(
+            &proc.base,
+            "GET",
+            "/api/v1/keys",
+            Some(&proc.admin_key()),
+            None,
+        );
+        let n = r.json()["keys"].as_array().map_or(0, Vec::len);
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} keys"))
+        }
+    });
+    proc.kill9();
+    assert!(writer.join().unwrap() > 0);
+
+    let data_arg = data.display().to_string();
+    let out = run_keel(&["audit", "verify", "--data-dir", &data_arg], &[]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("needs crash recovery")
+            && out.stderr.contains("keel audit verify --repair"),
+        "{}",
+        out.stderr
+    );
+    let out = run_keel(
+        &["audit", "verify", "--repair", "--data-dir", &data_arg],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("OK: "), "{out:?}");
+    let out = run_keel(&["audit", "verify", "--data-dir", &data_arg], &[]);
+    assert_eq!(out.code, 0, "recovered once, verified read-only: {out:?}");
+}
