@@ -63,7 +63,7 @@ fn management_target(
                     })?,
             };
             Ok(Target::Remote {
-                base: server_url(config, server.url),
+                base: server_url(config, server.url)?,
                 token,
             })
         }

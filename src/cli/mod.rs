@@ -603,17 +603,31 @@ fn bail_usage(message: String) -> Result<(), Failure> {
     Err(usage(anyhow!(message)))
 }
 
-/// The base URL of the configured server.
-fn server_url(config: &Config, url: Option<String>) -> String {
-    url.unwrap_or_else(|| {
-        let mut addr = config.server.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+/// The base URL of the server: `url` when given (it must be an `http://` or `https://` URL with
+/// a host, else a usage error), or the configured `server.listen`.
+fn server_url(config: &Config, url: Option<String>) -> Result<String, Failure> {
+    let url = match url {
+        Some(url) => {
+            let parsed: Option<ureq::http::Uri> = url.trim().parse().ok();
+            let usable = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            });
+            if !usable {
+                return Err(usage(anyhow!(
+                    "--url: expected an http:// or https:// URL such as http://127.0.0.1:8080, got `{url}`"
+                )));
+            }
+            url.trim().to_string()
         }
-        format!("http://{addr}")
-    })
-    .trim_end_matches('/')
-    .to_string()
+        None => {
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn http_agent() -> ureq::Agent {
@@ -626,7 +640,7 @@ fn http_agent() -> ureq::Agent {
 }
 
 fn healthcheck(config: &Config, url: Option<String>) -> Result<ExitCode, Failure> {
-    let url = format!("{}/ready", server_url(config, url));
+    let url = format!("{}/ready", server_url(config, url)?);
     let mut response = http_agent()
         .get(&url)
         .call()

@@ -518,7 +518,17 @@ fn healthcheck_reports_ready_and_unreachable() {
     drop(free);
     let out = run_keel(&["healthcheck"], &[("KEEL_URL", &format!("http://{addr}"))]);
     assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 1, "unreachable is a failed check: {out:?}");
     assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    for bad in ["notaurl", "ftp://127.0.0.1:1", "http://"] {
+        let out = run_keel(&["healthcheck", "--url", bad], &[]);
+        assert_eq!(out.code, 2, "--url {bad}: {out:?}");
+        assert!(
+            out.stderr.contains("expected an http:// or https:// URL"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
     assert_eq!(proc.terminate(), 0);
 }
 
