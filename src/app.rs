@@ -66,6 +66,13 @@ pub enum StartError {
     },
 }
 
+/// Everything `serve` checks before it touches a file, beyond the configuration itself (which is
+/// validated as it loads): the profile files, every problem listed. `keel config check` and
+/// `keel doctor` call this too, so they accept exactly what `serve` accepts.
+pub fn validate_start(config: &Config) -> Result<crate::cycles::profiles::ProfileSet, StartError> {
+    Ok(crate::cycles::profiles::load(config).map_err(CyclesError::from)?)
+}
+
 /// The rooms every entry point needs: store, audit, auth, metrics. The CLI uses this alone
 /// when it works offline.
 pub struct Core {
@@ -230,7 +237,7 @@ impl App {
 
     async fn open(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
         // Invalid profile files refuse the start before any file is touched.
-        let profiles = crate::cycles::profiles::load(&config).map_err(CyclesError::from)?;
+        let profiles = validate_start(&config)?;
         let core = Core::open(config, clock)?;
         if let Some(path) = core
             .auth

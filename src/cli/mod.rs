@@ -421,6 +421,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            app::validate_start(&config).map_err(start_failure)?;
             println!("# keel configuration is valid; effective values:");
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)

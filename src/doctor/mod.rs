@@ -169,16 +169,25 @@ pub fn run(options: &Options) -> Report {
     let mut checks = Vec::new();
     let config = match Config::load(&options.load) {
         Ok(config) => {
-            checks.push(Check::new(
-                "config",
-                Status::Ok,
-                format!(
-                    "{} is valid (data_dir {}, listen {})",
-                    config_source(&options.load),
-                    config.data_dir.display(),
-                    config.server.listen
+            checks.push(match crate::app::validate_start(&config) {
+                // The same words `keel serve` would refuse to start with.
+                Err(e) => Check::new(
+                    "config",
+                    Status::Fail,
+                    format!("{:#}", anyhow::Error::new(e)),
+                )
+                .hint("fix the profile files named above; `keel config check` validates again"),
+                Ok(_) => Check::new(
+                    "config",
+                    Status::Ok,
+                    format!(
+                        "{} is valid (data_dir {}, listen {})",
+                        config_source(&options.load),
+                        config.data_dir.display(),
+                        config.server.listen
+                    ),
                 ),
-            ));
+            });
             config
         }
         Err(e) => {

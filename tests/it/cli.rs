@@ -716,3 +716,63 @@ fn audit_verify_after_a_kill_says_the_database_needs_recovery() {
     let out = run_keel(&["audit", "verify", "--data-dir", &data_arg], &[]);
     assert_eq!(out.code, 0, "recovered once, verified read-only: {out:?}");
 }
+
+/// Invalid profile files: `serve` refuses to start, and `config check` and `doctor` fail with
+/// the very same message instead of calling the configuration valid.
+#[test]
+fn config_check_and_doctor_refuse_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("profiles.json"), "{not json").unwrap();
+    std::fs::write(profiles.join("runProfiles.json"), "[]").unwrap();
+    let data = dir.path().join("data");
+    let config = write_file(
+        dir.path(),
+        "keel.toml",
+        &format!(
+            "{}[cycles]\nprofiles_dir = {}\n",
+            data_dir_line(&data),
+            toml::Value::String(profiles.display().to_string())
+        ),
+    );
+    let serve = run_keel_expecting_exit(
+        &["serve", "--config", &config, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(serve.code, 2, "{serve:?}");
+    let at = serve
+        .stderr
+        .find("keel: ")
+        .unwrap_or_else(|| panic!("no refusal in {serve:?}"));
+    let refusal = serve.stderr[at + "keel: ".len()..].trim().to_string();
+    assert!(refusal.contains("profiles.json"), "{refusal}");
+
+    let check = run_keel(&["config", "check", "--config", &config], &[]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(!check.stdout.contains("valid"), "{check:?}");
+    assert!(
+        check.stderr.contains(&format!("keel: {refusal}")),
+        "serve said `{refusal}`; config check said {}",
+        check.stderr
+    );
+
+    let doctor = run_keel(&["doctor", "--json", "--config", &config], &[]);
+    assert_eq!(doctor.code, 1, "{doctor:?}");
+    let report: Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let config_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "config")
+        .unwrap();
+    assert_eq!(config_check["status"], "fail", "{report:#}");
+    assert!(
+        config_check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&refusal),
+        "serve said `{refusal}`; doctor said {config_check}"
+    );
+    assert!(!data.exists(), "nothing was created");
+}
