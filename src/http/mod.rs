@@ -129,6 +129,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/api/v1/inbox/rejections", R(Operator), get(hooks::rejections)),
         // The dashboard: a session cookie with the role (pages redirect to sign-in without one);
         // every form POST carries the session's CSRF token.
+        route(Method::GET, "/", Public, get(admin::root)),
         route(Method::GET, "/admin/login", Public, get(admin::session::login_page)),
         route(Method::POST, "/admin/login", Public, post(admin::session::login)),
         route(Method::POST, "/admin/logout", S(Viewer), post(admin::session::logout)),

@@ -397,8 +397,13 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(tables::META)?
             .insert(tables::META_SCHEMA_VERSION, version + 1)?;
         tx.commit()?;
-        tracing::info!(from = version, to = version + 1, "migrated store schema");
+        if found.is_some() {
+            tracing::info!(from = version, to = version + 1, "migrated store schema");
+        }
         version += 1;
+    }
+    if found.is_none() {
+        tracing::info!(path = %path.display(), schema = SCHEMA_VERSION, "created store");
     }
     Ok(())
 }

@@ -776,3 +776,73 @@ fn config_check_and_doctor_refuse_what_serve_refuses() {
     );
     assert!(!data.exists(), "nothing was created");
 }
+
+/// A port in use: the error is printed once and nothing is created. A first start logs one
+/// "created store" line (no "migrated" lines) and the dashboard's URL; `GET /` leads there.
+#[test]
+fn start_up_binds_first_creates_quietly_and_points_at_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run_keel_expecting_exit(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "printed once: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&addr), "{}", out.stderr);
+    assert!(!data.exists(), "a failed bind created {}", data.display());
+    drop(taken);
+
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    let log = proc.log.lock().unwrap().clone();
+    let messages: Vec<String> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "created store").count(),
+        1,
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("migrated")),
+        "{messages:?}"
+    );
+    let serving = log
+        .iter()
+        .find(|l| l.contains("keel is serving"))
+        .expect("serving line");
+    let serving: Value = serde_json::from_str(serving).unwrap();
+    assert_eq!(
+        serving["fields"]["dashboard"],
+        format!("{}/admin", proc.base),
+        "{serving}"
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let r = agent.get(&format!("{}/", proc.base)).call().unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("/admin")
+    );
+    assert_eq!(proc.terminate(), 0);
+}

@@ -181,6 +181,11 @@ struct ErrorPage {
     message: String,
 }
 
+/// `GET /`: a browser that opens keel's address lands on the dashboard (307 to `/admin`).
+pub async fn root() -> axum::response::Redirect {
+    axum::response::Redirect::temporary("/admin")
+}
+
 /// `GET /admin/…` that is no page: the dashboard's 404 (a trailing slash goes to the page).
 pub async fn not_found(uri: axum::http::Uri) -> Response {
     let path = uri.path();
