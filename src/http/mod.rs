@@ -161,6 +161,7 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/admin/audit/verify", S(Operator), post(admin::audit::verify)),
         route(Method::GET, "/admin/keys", S(Admin), get(admin::keys::page)),
         route(Method::POST, "/admin/keys", S(Admin), post(admin::keys::create)),
+        route(Method::GET, "/admin/keys/{id}/created", S(Admin), get(admin::keys::created)),
         route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
         route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
         route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),

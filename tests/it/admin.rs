@@ -295,11 +295,13 @@ fn pages(task_id: &str) -> Vec<(String, Role)> {
     routes()
         .into_iter()
         // A cycle's page needs a cycle: `cycles_page_shows_state_and_operator_actions` opens it.
+        // A new key's page shows once: `a_new_key_is_shown_once_and_a_refresh_repeats_nothing`.
         .filter(|s| {
             s.method == "GET"
                 && !s.path.starts_with("/admin/live")
                 && !s.path.contains("{*rest}")
                 && s.path != "/admin/cycles/{id}"
+                && s.path != "/admin/keys/{id}/created"
         })
         .filter_map(|s| match s.access {
             Access::Session(role) => Some((s.path.replace("{id}", task_id), role)),
@@ -897,7 +899,9 @@ fn no_secret_reaches_any_page() {
         "the handler really holds the token"
     );
     let admin = Client::sign_in(&app.base, &app.admin_key);
-    let created = admin.post("/admin/keys", &[("name", "fresh"), ("role", "service")]);
+    let made = admin.post("/admin/keys", &[("name", "fresh"), ("role", "service")]);
+    assert_eq!(made.status, 303, "{}", made.body);
+    let created = admin.get(made.header("location").unwrap());
     assert_eq!(created.status, 200, "{}", created.body);
     let at = created
         .body
@@ -1108,17 +1112,23 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
             ("expires_in_days", "30"),
         ],
     );
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 303, "{}", r.body);
     let e = last(&app);
     assert_eq!(
         (e["action"].as_str(), e["actor"].as_str()),
         (Some("key.create"), Some(admin_id.as_str()))
     );
     let made = e["target"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/admin/keys/{made}/created").as_str())
+    );
     let r = admin.post(
         &format!("/admin/keys/{made}/rotate"),
         &[("overlap_seconds", "60")],
     );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = admin.get(r.header("location").unwrap());
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("keeps working for 1 min"), "{}", r.body);
     let e = last(&app);
@@ -1649,4 +1659,55 @@ fn the_api_reference_page_lists_every_api_route() {
     }
     let health = &r.body[r.body.find("id=\"op-health\"").unwrap()..];
     assert!(health[..health.find("</article>").unwrap()].contains("public: no key"));
+}
+
+/// Creating a key on the dashboard answers 303 to a page that shows the key once: a refresh of
+/// that page answers 410 and makes no second key; nobody else's session sees it.
+#[test]
+fn a_new_key_is_shown_once_and_a_refresh_repeats_nothing() {
+    let app = TestApp::start();
+    let admin = Client::sign_in(&app.base, &app.admin_key);
+    let other = Client::sign_in(&app.base, &app.create_key("admin"));
+    let keys_before = app.admin_get("/api/v1/keys").json()["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    let r = admin.post("/admin/keys", &[("name", "once"), ("role", "service")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = r.header("location").unwrap().to_string();
+    assert!(page.ends_with("/created"), "{page}");
+    let seq = app.audit_seq();
+
+    assert_eq!(other.get(&page).status, 410, "another admin sees it");
+    let shown = admin.get(&page);
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let field = &shown.body[shown
+        .body
+        .find("id=\"new-key\"")
+        .expect("the new key field")..];
+    let field = &field[field.find("value=\"").unwrap() + 7..];
+    let token = field[..field.find('"').unwrap()].to_string();
+    assert!(token.starts_with("keel_"), "{token}");
+    assert_eq!(app.get("/api/v1/tasks", Some(&token)).status, 200);
+
+    for _ in 0..2 {
+        let again = admin.get(&page);
+        assert_eq!(again.status, 410, "{}", again.body);
+        assert!(!again.body.contains(&token), "shown twice");
+        assert!(again.body.contains("shown once"), "{}", again.body);
+    }
+    assert_eq!(app.audit_seq(), seq, "a refresh wrote something");
+    let keys_after = app.admin_get("/api/v1/keys").json()["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(keys_after, keys_before + 1, "exactly one key was made");
+
+    let id = page.split('/').nth(3).unwrap().to_string();
+    let r = admin.post(&format!("/admin/keys/{id}/rotate"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let rotated_page = r.header("location").unwrap().to_string();
+    assert_ne!(rotated_page, page);
+    assert_eq!(admin.get(&rotated_page).status, 200);
+    assert_eq!(admin.get(&rotated_page).status, 410);
 }

@@ -35,11 +35,14 @@ use crate::clock::Millis;
 use crate::http::error::ApiError;
 pub use session::AdminSession;
 
-/// State of the dashboard shared by its handlers (in the router's extensions): the chart cache.
+/// State of the dashboard shared by its handlers (in the router's extensions): the chart cache
+/// and the new keys waiting to be shown once.
 #[derive(Default)]
 pub struct AdminState {
     /// Merged metric buckets that can no longer change.
     pub charts: charts::ChartCache,
+    /// New keys waiting for their one-time page.
+    pub reveals: keys::Reveals,
 }
 
 impl AdminState {
