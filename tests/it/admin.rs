@@ -721,6 +721,36 @@ fn pages_show_only_the_actions_of_the_role() {
     let nav = viewer.get("/admin").body;
     assert!(!nav.contains("href=\"/admin/keys\"") && !nav.contains("href=\"/admin/settings\""));
 
+    // A service key may enqueue tasks and trigger cycles through the API: the dashboard offers
+    // it those forms, and only those.
+    let service = &clients[1].2;
+    assert_eq!(clients[1].0, Role::Service);
+    assert_eq!(posts_on(service, "/admin/tasks"), ["/admin/tasks"]);
+    assert_eq!(
+        posts_on(service, "/admin/cycles"),
+        [
+            "/admin/cycles/trigger",
+            "/admin/cycles/run-profiles/trigger"
+        ]
+    );
+    for path in [
+        "/admin",
+        "/admin/dlq",
+        "/admin/circuits",
+        "/admin/budgets",
+        "/admin/audit",
+    ] {
+        assert_eq!(
+            posts_on(service, path),
+            Vec::<String>::new(),
+            "service on {path}"
+        );
+    }
+    assert_eq!(
+        posts_on(service, &format!("/admin/tasks/{task}")),
+        Vec::<String>::new()
+    );
+
     let forms = posts_on(operator, "/admin/dlq");
     assert!(forms.contains(&"/admin/dlq/drain".to_string()), "{forms:?}");
     assert!(
@@ -1710,4 +1740,42 @@ fn a_new_key_is_shown_once_and_a_refresh_repeats_nothing() {
     assert_ne!(rotated_page, page);
     assert_eq!(admin.get(&rotated_page).status, 200);
     assert_eq!(admin.get(&rotated_page).status, 410);
+}
+
+/// The forms a service session is offered work when posted: the enqueue and the cycle trigger
+/// are accepted (303, audited with the service key), an operator's action is refused (403).
+#[test]
+fn a_service_session_enqueues_and_triggers_but_does_not_operate() {
+    let receiver = Receiver::start();
+    let app = dashboard_app(&receiver);
+    let task = dead_letter(&app);
+    let key = app.create_key("service");
+    let service_id = key_id_of(&key);
+    let service = Client::sign_in(&app.base, &key);
+    let task_type = app.app.config.handlers.keys().next().unwrap().clone();
+    let r = service.post(
+        "/admin/tasks",
+        &[("type", task_type.as_str()), ("payload", "{}")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let e = audit_entries(&app).pop().unwrap();
+    assert_eq!(
+        (e["action"].as_str(), e["actor"].as_str()),
+        (Some("task.enqueue"), Some(service_id.as_str())),
+        "{e}"
+    );
+    let r = service.post("/admin/cycles/trigger", &[("namespace", "")]);
+    assert_ne!(r.status, 403, "{}", r.body);
+    let r = service.post("/admin/cycles/run-profiles/trigger", &[]);
+    assert_ne!(r.status, 403, "{}", r.body);
+    let seq = app.audit_seq();
+    for path in [
+        format!("/admin/tasks/{task}/cancel"),
+        "/admin/cycles/pause".to_string(),
+        "/admin/dlq/drain".to_string(),
+    ] {
+        let r = service.post(&path, &[("max", "1"), ("reason", "x")]);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    assert_eq!(app.audit_seq(), seq, "a refused post wrote something");
 }

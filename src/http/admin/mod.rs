@@ -357,6 +357,12 @@ impl Layout {
         }
     }
 
+    /// Whether the caller may submit work: enqueue tasks and trigger cycles (service and up, as
+    /// in the API).
+    pub fn can_submit(&self) -> bool {
+        self.role >= Role::Service
+    }
+
     /// Whether the caller may act on work and state (operator or admin).
     pub fn can_operate(&self) -> bool {
         self.role >= Role::Operator
