@@ -485,7 +485,7 @@ fn sessions_survive_a_restart() {
     // The same session, so the same CSRF token: a form loaded before the restart still posts.
     assert_eq!(csrf_in(&r.body).unwrap(), kept_csrf);
     kept.csrf = kept_csrf;
-    assert_eq!(kept.post("/admin/audit/verify", &[]).status, 200);
+    assert_eq!(kept.post("/admin/audit/verify", &[]).status, 303);
     let left = Client::new(&again.base);
     left.set_cookie("keel_session", &left_cookie);
     assert_eq!(left.get("/admin").status, 303, "signed out stays out");
@@ -1124,7 +1124,13 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
 
     // Verify reports the chain.
     let r = op.post("/admin/audit/verify", &[]);
+    assert_eq!(r.status, 303);
+    let seq = app.audit_seq();
+    let r = op.get(r.header("location").unwrap());
     assert_eq!(r.status, 200);
+    assert_eq!(app.audit_seq(), seq, "verifying writes nothing");
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    assert_eq!(viewer.get("/admin/audit?verify=true").status, 403);
     assert!(
         r.body.contains("Verified.") && r.body.contains("OK: "),
         "{}",
