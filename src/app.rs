@@ -31,7 +31,7 @@ pub use crate::process::VERSION;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The data dir could not be created.
-    #[error("cannot create data dir {path}: {source}")]
+    #[error("cannot create data dir {path}")]
     DataDir {
         /// The data dir.
         path: std::path::PathBuf,
@@ -57,13 +57,20 @@ pub enum StartError {
     #[error("cannot listen for shutdown signals: {0}")]
     Signals(std::io::Error),
     /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// Everything `serve` checks before it touches a file, beyond the configuration itself (which is
+/// validated as it loads): the profile files, every problem listed. `keel config check` and
+/// `keel doctor` call this too, so they accept exactly what `serve` accepts.
+pub fn validate_start(config: &Config) -> Result<crate::cycles::profiles::ProfileSet, StartError> {
+    Ok(crate::cycles::profiles::load(config).map_err(CyclesError::from)?)
 }
 
 /// The rooms every entry point needs: store, audit, auth, metrics. The CLI uses this alone
@@ -98,7 +105,7 @@ impl Core {
     /// file) when another keel holds the database.
     pub fn open(config: Config, clock: SharedClock) -> Result<Core, StartError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        crate::fsutil::create_private_dir(&data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
@@ -231,7 +238,7 @@ impl App {
 
     async fn open(config: Config, clock: SharedClock) -> Result<Arc<App>, StartError> {
         // Invalid profile files refuse the start before any file is touched.
-        let profiles = crate::cycles::profiles::load(&config).map_err(CyclesError::from)?;
+        let profiles = validate_start(&config)?;
         let core = Core::open(config, clock)?;
         if let Some(path) = core
             .auth
@@ -546,13 +553,24 @@ impl Worker for CheckpointWorker {
     }
 }
 
-/// Binds the configured address and serves until SIGTERM/SIGINT, then shuts down in order.
+/// Where a browser finds the dashboard of a server listening on `local` (a wildcard address is
+/// shown as the loopback one, which reaches it from this host).
+fn dashboard_url(local: std::net::SocketAddr) -> String {
+    let mut shown = local;
+    if shown.ip().is_unspecified() {
+        shown.set_ip(match local {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{shown}/admin")
+}
+
+/// Binds the configured address (before anything is created), opens everything and serves until
+/// SIGTERM/SIGINT, then shuts down in order.
 pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError> {
     let listen = config.server.listen;
-    #[cfg(feature = "test-hooks")]
-    let app = App::start_with(config, clock, crate::cycles::crash_point_from_env()).await?;
-    #[cfg(not(feature = "test-hooks"))]
-    let app = App::start(config, clock).await?;
+    // The port first: when it is taken, nothing (data dir, database, keys) has been created.
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -563,6 +581,10 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
         addr: listen,
         source,
     })?;
+    #[cfg(feature = "test-hooks")]
+    let app = App::start_with(config, clock, crate::cycles::crash_point_from_env()).await?;
+    #[cfg(not(feature = "test-hooks"))]
+    let app = App::start(config, clock).await?;
     let signalled = shutdown_signal().map_err(StartError::Signals)?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(StartError::Signals)?;
@@ -586,6 +608,7 @@ pub async fn serve(config: Config, clock: SharedClock) -> Result<(), StartError>
     tracing::info!(
         version = VERSION,
         address = %local,
+        dashboard = %dashboard_url(local),
         data_dir = %app.config.data_dir.display(),
         "keel is serving"
     );

@@ -12,7 +12,7 @@ if ! getent passwd keel >/dev/null; then
     fi
 fi
 if [ ! -d /var/lib/keel ]; then
-    install -d -o keel -g keel -m 0750 /var/lib/keel
+    install -d -o keel -g keel -m 0700 /var/lib/keel
 fi
 if [ "$1" -eq 1 ]; then
     started=no

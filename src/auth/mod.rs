@@ -22,6 +22,7 @@ pub mod sessions;
 pub mod tables;
 
 use crate::clock::{Millis, SharedClock};
+use crate::config::MAX_ROTATION_OVERLAP_SECONDS;
 use crate::events::{Event as BusEvent, EventBus};
 use crate::fsutil;
 use crate::store::codec::Record;
@@ -32,8 +33,8 @@ use tables::{AuthRead, AuthWrite};
 pub const KEY_PREFIX: &str = "keel_";
 /// File in the data dir holding the generated key-hash secret when none is configured.
 pub const KEY_HASH_SECRET_FILE: &str = "key-hash.secret";
-/// The latest expiry accepted: 9999-12-31T23:59:59.999Z.
-const LATEST_EXPIRY_MS: Millis = 253_402_300_799_999;
+/// The longest lifetime a key may be given: 5 years (1826 days).
+pub const MAX_KEY_LIFETIME_MS: Millis = 1826 * 86_400_000;
 
 /// File in the data dir the first admin key is written to.
 pub const INITIAL_ADMIN_KEY_FILE: &str = "initial-admin-key";
@@ -129,6 +130,11 @@ pub enum AuthError {
     /// Reading or creating a secret file failed.
     #[error("{0}")]
     SecretFile(String),
+    /// Revoking this key would leave no active admin key (give `force` to do it anyway).
+    #[error(
+        "key {0} is the last active admin key: revoking it leaves nobody able to manage keys (force it with ?force=true or --force)"
+    )]
+    LastAdmin(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -238,6 +244,25 @@ pub struct NewKey {
     pub role: Role,
     /// Expiry (epoch ms), if any.
     pub expires_at: Option<Millis>,
+}
+
+/// How to rotate a key.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation {
+    /// How long the old key keeps working (0 to 30 days).
+    pub overlap_ms: i64,
+    /// The successor's expiry; `None` keeps the old key's.
+    pub expires_at: Option<Millis>,
+}
+
+/// Seconds as milliseconds, saturating instead of overflowing on absurd durations.
+pub fn secs_to_ms(secs: u64) -> Millis {
+    secs.saturating_mul(1000).min(i64::MAX as u64) as i64
+}
+
+/// Whether a key works at `now`: neither revoked nor expired.
+fn is_active(record: &KeyRecord, now: Millis) -> bool {
+    record.revoked_at.is_none() && record.expires_at.is_none_or(|t| t > now)
 }
 
 /// The auth room: keys cached in memory (the store is the source of truth).
@@ -425,9 +450,12 @@ impl Auth {
                 "expires_at: must be in the future".into(),
             ));
         }
-        if new.expires_at.is_some_and(|t| t > LATEST_EXPIRY_MS) {
+        if new
+            .expires_at
+            .is_some_and(|t| t > now.saturating_add(MAX_KEY_LIFETIME_MS))
+        {
             return Err(AuthError::Invalid(
-                "expires_at: must be before the year 10000".into(),
+                "expires_at: must be at most 5 years (1826 days) from now".into(),
             ));
         }
         let id = Uuid::now_v7();
@@ -449,9 +477,20 @@ impl Auth {
         Ok((record, token))
     }
 
+    /// Puts committed records into the cache. Writers that commit in one order may get here in
+    /// the other, so a record never undoes what the cache already knows: a revocation stays,
+    /// an expiry only moves earlier, the last use only later.
     fn cache(&self, records: impl IntoIterator<Item = KeyRecord>) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        for r in records {
+        for mut r in records {
+            if let Some(known) = keys.get(&r.id) {
+                r.revoked_at = r.revoked_at.or(known.revoked_at);
+                r.expires_at = match (r.expires_at, known.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                r.last_used_at = r.last_used_at.max(known.last_used_at);
+            }
             keys.insert(r.id, r);
         }
     }
@@ -480,74 +519,111 @@ impl Auth {
         Ok(CreatedKey { view, token })
     }
 
-    /// Revokes a key at once.
-    pub async fn revoke(&self, actor: &str, id: Uuid) -> Result<KeyView, AuthError> {
-        let mut record = self.record(id)?;
-        if record.revoked_at.is_some() {
-            return Ok(self.view(&record, None));
-        }
+    /// Revokes a key at once. Revoking the last active admin key fails with
+    /// [`AuthError::LastAdmin`] unless `force` is set, since nobody could manage keys after.
+    ///
+    /// The record is read and changed inside the write transaction, so a concurrent rotation
+    /// can never write back an unrevoked copy.
+    pub async fn revoke(&self, actor: &str, id: Uuid, force: bool) -> Result<KeyView, AuthError> {
         let now = self.clock.now_ms();
-        record.revoked_at = Some(now);
         let audit = Arc::clone(&self.audit);
-        let event = Event::new(actor, "key.revoke", id.to_string())
-            .with_detail(serde_json::json!({"name": record.name}));
-        let stored = record.clone();
-        self.store
-            .write(move |tx| -> Result<(), AuthError> {
-                put(tx, &stored)?;
+        let actor = actor.to_string();
+        let (record, changed) = self
+            .store
+            .write(move |tx| -> Result<(KeyRecord, bool), AuthError> {
+                let mut tables = AuthWrite::open(tx)?;
+                let mut record = tables
+                    .key(id)?
+                    .ok_or_else(|| AuthError::NotFound(id.to_string()))?;
+                if record.revoked_at.is_some() {
+                    return Ok((record, false));
+                }
+                if !force && record.role == Role::Admin && is_active(&record, now) {
+                    let other_admins = tables
+                        .all_keys()?
+                        .iter()
+                        .filter(|r| r.id != id && r.role == Role::Admin && is_active(r, now))
+                        .count();
+                    if other_admins == 0 {
+                        return Err(AuthError::LastAdmin(id.to_string()));
+                    }
+                }
+                record.revoked_at = Some(now);
+                tables.put_key(&record)?;
+                drop(tables);
+                let event = Event::new(&actor, "key.revoke", id.to_string())
+                    .with_detail(serde_json::json!({"name": record.name, "force": force}));
                 audit.append(tx, now, &event)?;
-                Ok(())
+                Ok((record, true))
             })
             .await?;
-        let view = self.view(&record, None);
-        self.events.publish(BusEvent::KeyRevoked { key_id: id });
-        self.cache([record]);
-        Ok(view)
+        self.cache([record.clone()]);
+        if changed {
+            self.events.publish(BusEvent::KeyRevoked { key_id: id });
+        }
+        Ok(self.view(&record, None))
     }
 
-    /// Replaces a key with a new one of the same name and role; the old one keeps working for
-    /// `overlap_ms` more (or until its own expiry, if sooner), then expires.
+    /// Replaces a key with a new one of the same name and role. The successor expires when
+    /// `rotation.expires_at` says, or else when the old key would have; the old one keeps
+    /// working for `rotation.overlap_ms` more (or until its own expiry, if sooner), then expires.
     pub async fn rotate(
         &self,
         actor: &str,
         id: Uuid,
-        overlap_ms: i64,
+        rotation: Rotation,
     ) -> Result<CreatedKey, AuthError> {
-        if overlap_ms < 0 {
-            return Err(AuthError::Invalid(
-                "overlap_seconds: must not be negative".into(),
-            ));
-        }
-        let mut old = self.record(id)?;
-        let now = self.clock.now_ms();
-        if old.revoked_at.is_some() || old.expires_at.is_some_and(|t| t <= now) {
+        let max_overlap_ms = secs_to_ms(MAX_ROTATION_OVERLAP_SECONDS);
+        if !(0..=max_overlap_ms).contains(&rotation.overlap_ms) {
             return Err(AuthError::Invalid(format!(
-                "key {id} is revoked or expired; create a new key instead"
+                "overlap_seconds: must be between 0 and {MAX_ROTATION_OVERLAP_SECONDS} (30 days), got {}",
+                rotation.overlap_ms / 1000
             )));
         }
-        let (new_record, token) = self.new_record(
+        let now = self.clock.now_ms();
+        let (template, token) = self.new_record(
             &NewKey {
-                name: old.name.clone(),
-                role: old.role,
-                expires_at: None,
+                name: "rotated".into(),
+                role: Role::Viewer,
+                expires_at: rotation.expires_at,
             },
             actor,
             Some(id),
         )?;
-        let overlap_end = now.saturating_add(overlap_ms);
-        old.expires_at = Some(old.expires_at.map_or(overlap_end, |t| t.min(overlap_end)));
+        let overlap_end = now.saturating_add(rotation.overlap_ms);
         let audit = Arc::clone(&self.audit);
-        let event =
-            Event::new(actor, "key.rotate", id.to_string()).with_detail(serde_json::json!({
-                "new_key_id": new_record.id, "old_key_expires_at": old.expires_at,
-            }));
-        let (stored_old, stored_new) = (old.clone(), new_record.clone());
-        self.store
-            .write(move |tx| -> Result<(), AuthError> {
-                put(tx, &stored_old)?;
-                put(tx, &stored_new)?;
+        let actor = actor.to_string();
+        let (old, new_record) = self
+            .store
+            .write(move |tx| -> Result<(KeyRecord, KeyRecord), AuthError> {
+                let mut tables = AuthWrite::open(tx)?;
+                let mut old = tables
+                    .key(id)?
+                    .ok_or_else(|| AuthError::NotFound(id.to_string()))?;
+                if !is_active(&old, now) {
+                    return Err(AuthError::Invalid(format!(
+                        "key {id} is revoked or expired; create a new key instead"
+                    )));
+                }
+                let successor = KeyRecord {
+                    name: old.name.clone(),
+                    role: old.role,
+                    expires_at: rotation.expires_at.or(old.expires_at),
+                    ..template.clone()
+                };
+                old.expires_at = Some(old.expires_at.map_or(overlap_end, |t| t.min(overlap_end)));
+                tables.put_key(&old)?;
+                tables.put_key(&successor)?;
+                drop(tables);
+                let event = Event::new(&actor, "key.rotate", id.to_string()).with_detail(
+                    serde_json::json!({
+                        "new_key_id": successor.id,
+                        "new_key_expires_at": successor.expires_at,
+                        "old_key_expires_at": old.expires_at,
+                    }),
+                );
                 audit.append(tx, now, &event)?;
-                Ok(())
+                Ok((old, successor))
             })
             .await?;
         let view = self.view(&new_record, None);
@@ -556,15 +632,6 @@ impl Auth {
         });
         self.cache([old, new_record]);
         Ok(CreatedKey { view, token })
-    }
-
-    fn record(&self, id: Uuid) -> Result<KeyRecord, AuthError> {
-        self.keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| AuthError::NotFound(id.to_string()))
     }
 
     /// Publishes `KeyExpired` for each key whose expiry time has passed since the last look
@@ -714,281 +781,4 @@ fn parse_token(token: &str) -> Option<(Uuid, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::{Clock, ManualClock};
-    use crate::store::StoreOptions;
-
-    struct Fixture {
-        _dir: tempfile::TempDir,
-        clock: Arc<ManualClock>,
-        auth: Auth,
-        store: Arc<Store>,
-        audit: Arc<Audit>,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            Store::open(
-                &dir.path().join("keel.redb"),
-                StoreOptions {
-                    max_batch: 8,
-                    commit_observer: None,
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        );
-        let audit = Arc::new(Audit::load_or_create(dir.path(), 1000).unwrap());
-        let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-        let hash_key = Auth::hash_key(None, dir.path()).unwrap();
-        let events = Arc::new(EventBus::new(64, &crate::metrics::Metrics::new("test")));
-        let auth = Auth::load(
-            Arc::clone(&store),
-            Arc::clone(&audit),
-            clock.clone(),
-            hash_key,
-            Arc::clone(&events),
-        )
-        .unwrap();
-        Fixture {
-            _dir: dir,
-            clock,
-            auth,
-            store,
-            audit,
-        }
-    }
-
-    fn new_key(role: Role) -> NewKey {
-        NewKey {
-            name: "k".into(),
-            role,
-            expires_at: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn created_key_authenticates_and_wrong_secret_does_not() {
-        let f = fixture();
-        let created = f
-            .auth
-            .create("system", new_key(Role::Operator))
-            .await
-            .unwrap();
-        assert!(created.token.starts_with("keel_"));
-        let p = f.auth.authenticate(&created.token).unwrap();
-        assert_eq!(p.role, Role::Operator);
-        let mut wrong = created.token.clone();
-        let last = wrong.pop().unwrap();
-        wrong.push(if last == 'A' { 'B' } else { 'A' });
-        assert!(matches!(
-            f.auth.authenticate(&wrong),
-            Err(AuthError::InvalidKey)
-        ));
-        assert!(matches!(
-            f.auth.authenticate("keel_nonsense"),
-            Err(AuthError::InvalidKey)
-        ));
-        assert!(matches!(
-            f.auth.authenticate(""),
-            Err(AuthError::InvalidKey)
-        ));
-    }
-
-    #[tokio::test]
-    async fn keys_survive_reload_and_the_secret_is_not_stored() {
-        let f = fixture();
-        let created = f
-            .auth
-            .create("system", new_key(Role::Viewer))
-            .await
-            .unwrap();
-        // keel_ + 32 hex + _ ; the secret itself may contain `_`.
-        let secret = created.token[KEY_PREFIX.len() + 33..].to_string();
-        assert!(secret.len() >= 43);
-        let raw: Vec<u8> = std::fs::read(f.store.path()).unwrap();
-        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
-        let again = Auth::load(
-            Arc::clone(&f.store),
-            Arc::clone(&f.audit),
-            f.clock.clone(),
-            f.auth.hash_key,
-            Arc::clone(&f.auth.events),
-        )
-        .unwrap();
-        assert_eq!(
-            again.authenticate(&created.token).unwrap().key_id,
-            created.view.id
-        );
-    }
-
-    #[tokio::test]
-    async fn expiry_revocation_and_rotation_overlap() {
-        let f = fixture();
-        let expiring = f
-            .auth
-            .create(
-                "system",
-                NewKey {
-                    expires_at: Some(f.clock.now_ms() + 1_000),
-                    ..new_key(Role::Viewer)
-                },
-            )
-            .await
-            .unwrap();
-        f.auth.authenticate(&expiring.token).unwrap();
-        f.clock.advance_ms(1_000);
-        assert!(matches!(
-            f.auth.authenticate(&expiring.token),
-            Err(AuthError::Expired)
-        ));
-
-        let revoked = f
-            .auth
-            .create("system", new_key(Role::Viewer))
-            .await
-            .unwrap();
-        f.auth.revoke("system", revoked.view.id).await.unwrap();
-        assert!(matches!(
-            f.auth.authenticate(&revoked.token),
-            Err(AuthError::Revoked)
-        ));
-
-        let old = f
-            .auth
-            .create("system", new_key(Role::Service))
-            .await
-            .unwrap();
-        let new = f.auth.rotate("system", old.view.id, 60_000).await.unwrap();
-        assert_eq!(new.view.role, Role::Service);
-        assert_eq!(new.view.rotated_from, Some(old.view.id));
-        f.auth.authenticate(&old.token).unwrap();
-        f.auth.authenticate(&new.token).unwrap();
-        f.clock.advance_ms(60_000);
-        assert!(matches!(
-            f.auth.authenticate(&old.token),
-            Err(AuthError::Expired)
-        ));
-        f.auth.authenticate(&new.token).unwrap();
-
-        let head = f.store.read_blocking(audit::head).unwrap();
-        assert_eq!(head.seq, 5, "create, create, revoke, create, rotate");
-    }
-
-    #[tokio::test]
-    async fn last_used_is_flushed_in_one_write() {
-        let f = fixture();
-        let k = f
-            .auth
-            .create("system", new_key(Role::Viewer))
-            .await
-            .unwrap();
-        f.clock.advance_ms(5_000);
-        f.auth.authenticate(&k.token).unwrap();
-        let at = f.clock.now_ms();
-        assert_eq!(f.auth.get(k.view.id).unwrap().last_used_at, Some(at));
-        assert_eq!(f.auth.flush_last_used().await.unwrap(), 1);
-        assert_eq!(f.auth.flush_last_used().await.unwrap(), 0);
-        let again = Auth::load(
-            Arc::clone(&f.store),
-            Arc::clone(&f.audit),
-            f.clock.clone(),
-            f.auth.hash_key,
-            Arc::clone(&f.auth.events),
-        )
-        .unwrap();
-        assert_eq!(again.get(k.view.id).unwrap().last_used_at, Some(at));
-    }
-
-    #[tokio::test]
-    async fn initial_admin_is_created_once_with_a_private_file() {
-        let f = fixture();
-        let path = f
-            .auth
-            .ensure_initial_admin(f._dir.path())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(fsutil::mode_of(&path).unwrap(), 0o600);
-        let token = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(f.auth.authenticate(token.trim()).unwrap().role, Role::Admin);
-        assert!(
-            f.auth
-                .ensure_initial_admin(f._dir.path())
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(
-            Role::Viewer < Role::Service
-                && Role::Service < Role::Operator
-                && Role::Operator < Role::Admin
-        );
-        let p = Principal {
-            key_id: Uuid::nil(),
-            name: "x".into(),
-            role: Role::Service,
-        };
-        assert!(p.require(Role::Service).is_ok());
-        assert!(matches!(
-            p.require(Role::Operator),
-            Err(AuthError::Forbidden { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn key_changes_are_published_after_they_are_stored() {
-        let f = fixture();
-        let mut events = f.auth.events.subscribe();
-        let mut new = new_key(Role::Viewer);
-        new.expires_at = Some(f.clock.now_ms() + 1_000);
-        let created = f.auth.create("t", new).await.unwrap();
-        let id = created.view.id;
-        let next = |e: crate::events::Received| match e {
-            crate::events::Received::Event(e) => (*e).clone(),
-            other => panic!("expected an event, got {other:?}"),
-        };
-        assert_eq!(
-            next(events.recv().await),
-            BusEvent::KeyCreated { key_id: id }
-        );
-        // What the event announces is already durable: a fresh load sees the key.
-        let reloaded = Auth::load(
-            Arc::clone(&f.store),
-            Arc::clone(&f.audit),
-            f.clock.clone(),
-            f.auth.hash_key,
-            Arc::clone(&f.auth.events),
-        )
-        .unwrap();
-        assert!(reloaded.get(id).is_ok());
-        assert_eq!(f.auth.announce_expired(), 0);
-        f.clock.advance_ms(2_000);
-        assert_eq!(f.auth.announce_expired(), 1);
-        assert_eq!(f.auth.announce_expired(), 0, "announced once");
-        assert_eq!(
-            next(events.recv().await),
-            BusEvent::KeyExpired { key_id: id }
-        );
-        let other = f.auth.create("t", new_key(Role::Viewer)).await.unwrap();
-        f.auth.revoke("t", other.view.id).await.unwrap();
-        assert_eq!(
-            next(events.recv().await),
-            BusEvent::KeyCreated {
-                key_id: other.view.id
-            }
-        );
-        assert_eq!(
-            next(events.recv().await),
-            BusEvent::KeyRevoked {
-                key_id: other.view.id
-            }
-        );
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@ use super::{
     usage,
 };
 use crate::app::{Core, StartError};
-use crate::auth::{INITIAL_ADMIN_KEY_FILE, NewKey};
+use crate::auth::{INITIAL_ADMIN_KEY_FILE, NewKey, Rotation, secs_to_ms};
 use crate::clock::{Clock, SharedClock};
 use crate::config::Config;
 use crate::store::StoreError;
@@ -32,11 +32,23 @@ enum Target {
 
 /// Opens the database for a management command, or, when a running keel holds it, prepares to
 /// go through its API.
+///
+/// A command that only reads (`read_only`) never creates a data dir or a database: without one
+/// it fails (exit 2: the configuration points nowhere), saying where it looked.
 fn management_target(
     config: &Config,
     clock: &SharedClock,
     server: ServerAccess,
+    read_only: bool,
 ) -> Result<Target, Failure> {
+    let database = config.database_path();
+    if read_only && !database.exists() {
+        return Err(usage(anyhow!(
+            "no keel database at {} (data_dir is {}): give --data-dir, --config or KEEL_DATA_DIR to point at keel's data",
+            database.display(),
+            config.data_dir.display()
+        )));
+    }
     match Core::open(config.clone(), Arc::clone(clock)) {
         Ok(core) => Ok(Target::Offline(core)),
         Err(StartError::Store(StoreError::Locked { .. })) => {
@@ -51,7 +63,7 @@ fn management_target(
                     })?,
             };
             Ok(Target::Remote {
-                base: server_url(config, server.url),
+                base: server_url(config, server.url)?,
                 token,
             })
         }
@@ -78,7 +90,8 @@ pub(super) fn keys(
     command: KeysCommand,
 ) -> Result<ExitCode, Failure> {
     let overlap_default = config.auth.rotation_overlap_seconds;
-    let value = match management_target(&config, &clock, server)? {
+    let read_only = matches!(command, KeysCommand::List);
+    let value = match management_target(&config, &clock, server, read_only)? {
         Target::Offline(core) => run_offline(core, |core| async move {
             keys_offline(&core, clock.as_ref(), command, overlap_default).await
         })?,
@@ -94,7 +107,8 @@ pub(super) fn dlq(
     server: ServerAccess,
     command: DlqCommand,
 ) -> Result<ExitCode, Failure> {
-    let value = match management_target(&config, &clock, server)? {
+    // Without a database there is no dead task to look at or drain: never create one.
+    let value = match management_target(&config, &clock, server, true)? {
         Target::Offline(core) => run_offline(core, |core| async move {
             let queue_failure = |e: crate::queue::QueueError| match e {
                 crate::queue::QueueError::Invalid(_) => usage(e),
@@ -204,14 +218,21 @@ async fn keys_offline(
         KeysCommand::List => {
             serde_json::json!({"keys": auth.list().iter().map(crate::http::key_json).collect::<Vec<_>>()})
         }
-        KeysCommand::Revoke { id } => {
-            let view = auth.revoke(actor, id).await.map_err(auth_failure)?;
+        KeysCommand::Revoke { id, force } => {
+            let view = auth.revoke(actor, id, force).await.map_err(auth_failure)?;
             serde_json::json!({"key": crate::http::key_json(&view)})
         }
-        KeysCommand::Rotate { id, overlap } => {
-            let overlap_ms = secs_to_ms(overlap.unwrap_or(overlap_default));
+        KeysCommand::Rotate {
+            id,
+            overlap,
+            expires_in,
+        } => {
+            let rotation = Rotation {
+                overlap_ms: secs_to_ms(overlap.unwrap_or(overlap_default)),
+                expires_at: expires_in.map(|s| clock.now_ms().saturating_add(secs_to_ms(s))),
+            };
             created(
-                auth.rotate(actor, id, overlap_ms)
+                auth.rotate(actor, id, rotation)
                     .await
                     .map_err(auth_failure)?,
             )
@@ -219,15 +240,10 @@ async fn keys_offline(
     })
 }
 
-/// Seconds as milliseconds, saturating instead of overflowing on absurd durations.
-fn secs_to_ms(secs: u64) -> i64 {
-    secs.saturating_mul(1000).min(i64::MAX as u64) as i64
-}
-
 fn auth_failure(e: crate::auth::AuthError) -> Failure {
     use crate::auth::AuthError;
     match e {
-        AuthError::NotFound(_) | AuthError::Invalid(_) => usage(e),
+        AuthError::Invalid(_) => usage(e),
         other => Failure::from(anyhow::Error::new(other)),
     }
 }
@@ -244,17 +260,26 @@ fn keys_remote(base: &str, token: &str, command: KeysCommand) -> Result<Value, F
             Some(serde_json::json!({"name": name, "role": role, "expires_in_seconds": expires_in})),
         ),
         KeysCommand::List => ("GET", "/api/v1/keys".to_string(), None),
-        KeysCommand::Revoke { id } => ("POST", format!("/api/v1/keys/{id}/revoke"), None),
-        KeysCommand::Rotate { id, overlap } => (
+        KeysCommand::Revoke { id, force } => (
+            "POST",
+            format!("/api/v1/keys/{id}/revoke?force={force}"),
+            None,
+        ),
+        KeysCommand::Rotate {
+            id,
+            overlap,
+            expires_in,
+        } => (
             "POST",
             format!("/api/v1/keys/{id}/rotate"),
-            Some(serde_json::json!({"overlap_seconds": overlap})),
+            Some(serde_json::json!({"overlap_seconds": overlap, "expires_in_seconds": expires_in})),
         ),
     };
     remote_call(base, token, method, &path, body)
 }
 
-/// One API call to the running server; a 4xx is a usage failure (exit 2) with its message.
+/// One API call to the running server; any answer but a success is a failure (exit 1) with the
+/// server's message.
 fn remote_call(
     base: &str,
     token: &str,
@@ -288,12 +313,7 @@ fn remote_call(
             .as_str()
             .unwrap_or(&text)
             .to_string();
-        let failure = anyhow!("server answered {status}: {message}");
-        Err(if status.is_client_error() {
-            usage(failure)
-        } else {
-            failure.into()
-        })
+        Err(anyhow!("server answered {status}: {message}").into())
     }
 }
 

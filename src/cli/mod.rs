@@ -2,8 +2,9 @@
 //! `doctor`, `completions`, `version` and `bench store` (and the hidden `manpage`, used when
 //! building packages).
 //!
-//! Exit codes: 0 success, 1 failure (including a failed verification or health check),
-//! 2 bad usage or bad configuration.
+//! Exit codes: 0 success, 1 failure (including a failed verification or health check, and a
+//! server's error answer), 2 bad usage or bad configuration, 3 (`audit verify`) the database
+//! needs crash recovery first.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,9 @@ pub struct Cli {
     /// Configuration file (default: embedded defaults; env KEEL_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Data directory (overrides data_dir; env KEEL_DATA_DIR).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -44,9 +48,6 @@ pub enum Command {
         /// Address to listen on (overrides server.listen).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
-        /// Data directory (overrides data_dir).
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
     },
     /// Inspect the configuration.
     Config {
@@ -159,8 +160,14 @@ pub enum ConfigCommand {
 /// `keel audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Verify the hash chain and the signed checkpoints.
-    Verify,
+    /// Verify the hash chain and the signed checkpoints. Exit 3 when the database needs crash
+    /// recovery first (keel was killed): run again with --repair, or start keel once.
+    Verify {
+        /// Run redb's crash recovery first when the database needs it (writes only what
+        /// recovery writes; the audit entries are not changed).
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// `keel keys …`
@@ -174,8 +181,8 @@ pub enum KeysCommand {
         /// Its role.
         #[arg(long, value_enum)]
         role: Role,
-        /// Lifetime, e.g. 90d, 12h, 30m, 45s.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        /// Lifetime with its unit, e.g. 90d, 12h, 30m, 45s (at most 5 years).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifetime_secs)]
         expires_in: Option<u64>,
     },
     /// List keys (never their secrets).
@@ -183,15 +190,25 @@ pub enum KeysCommand {
     /// Revoke a key at once.
     Revoke {
         /// Key id.
+        #[arg(value_parser = parse_key_id)]
         id: uuid::Uuid,
+        /// Revoke it even when it is the last active admin key.
+        #[arg(long)]
+        force: bool,
     },
     /// Replace a key; the old one keeps working during the overlap.
     Rotate {
         /// Key id.
+        #[arg(value_parser = parse_key_id)]
         id: uuid::Uuid,
-        /// How long the old key keeps working, e.g. 24h (default: auth.rotation_overlap_seconds).
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        /// How long the old key keeps working, e.g. 24h, at most 30d (default:
+        /// auth.rotation_overlap_seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_overlap_secs)]
         overlap: Option<u64>,
+        /// Lifetime of the new key from now, e.g. 90d, at most 5 years (default: the old key's
+        /// expiry).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lifetime_secs)]
+        expires_in: Option<u64>,
     },
 }
 
@@ -247,7 +264,8 @@ pub enum BenchCommand {
     },
 }
 
-/// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
+/// Parses a duration with its unit: `90d`, `12h`, `30m` or `45s`, into seconds. A bare number
+/// is refused, since nobody can tell whether `90` meant seconds or days.
 pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -255,10 +273,13 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a duration (examples: 90d, 12h, 30m, 45s)"))?;
     let factor = match unit {
-        "" | "s" => 1,
+        "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
+        "" => {
+            return Err(format!("`{s}` has no unit: write {s}s, {s}m, {s}h or {s}d"));
+        }
         other => {
             return Err(format!(
                 "unknown unit `{other}` in `{s}` (use s, m, h or d)"
@@ -267,6 +288,36 @@ pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(factor)
         .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// A rotation overlap: a duration of at most 30 days.
+fn parse_overlap_secs(s: &str) -> Result<u64, String> {
+    let secs = parse_duration_secs(s)?;
+    if secs > crate::config::MAX_ROTATION_OVERLAP_SECONDS {
+        return Err(format!(
+            "`{s}` is longer than the 30 days an overlap may last"
+        ));
+    }
+    Ok(secs)
+}
+
+/// A key lifetime: a duration of at least a second and at most 5 years (1826 days).
+fn parse_lifetime_secs(s: &str) -> Result<u64, String> {
+    let secs = parse_duration_secs(s)?;
+    if secs == 0 {
+        return Err(format!("`{s}` would expire the key at once"));
+    }
+    if secs.saturating_mul(1000) > crate::auth::MAX_KEY_LIFETIME_MS as u64 {
+        return Err(format!(
+            "`{s}` is longer than the 5 years (1826d) a key may live"
+        ));
+    }
+    Ok(secs)
+}
+
+/// Parses a key id argument, saying what was expected when it is not one.
+fn parse_key_id(s: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim()).map_err(|_| format!("expected a key id (UUID), got `{s}`"))
 }
 
 /// A failure with the exit code it maps to.
@@ -302,9 +353,9 @@ pub fn main() -> ExitCode {
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
     let mut options = LoadOptions::from_process_env(cli.config.clone());
-    if let Command::Serve { listen, data_dir } = &cli.command {
+    options.data_dir = cli.data_dir.clone();
+    if let Command::Serve { listen } = &cli.command {
         options.listen = *listen;
-        options.data_dir = data_dir.clone();
     }
     Config::load(&options).map_err(usage)
 }
@@ -346,7 +397,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return Ok(ExitCode::SUCCESS);
         }
         Command::Doctor { json, api_key } => {
-            return doctor(cli.config.clone(), *json, api_key.clone());
+            let mut load = LoadOptions::from_process_env(cli.config.clone());
+            load.data_dir = cli.data_dir.clone();
+            return doctor(load, *json, api_key.clone());
         }
         Command::Manpage { dir } => {
             clap_mangen::generate_to(Cli::command(), dir)
@@ -368,15 +421,16 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Config {
             command: ConfigCommand::Check,
         } => {
+            app::validate_start(&config).map_err(start_failure)?;
             println!("# keel configuration is valid; effective values:");
             print!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {
-            command: AuditCommand::Verify,
+            command: AuditCommand::Verify { repair },
         } => {
             init_logging(&config, Some("warn"));
-            audit_verify(&config)
+            audit_verify(&config, repair)
         }
         Command::Keys { server, command } => {
             init_logging(&config, Some("warn"));
@@ -451,13 +505,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 }
 
 /// `keel doctor`: runs every check (a bad configuration is one of them, not a usage error).
-fn doctor(
-    config_file: Option<PathBuf>,
-    json: bool,
-    api_key: Option<String>,
-) -> Result<ExitCode, Failure> {
+fn doctor(load: LoadOptions, json: bool, api_key: Option<String>) -> Result<ExitCode, Failure> {
     let report = crate::doctor::run(&crate::doctor::Options {
-        load: LoadOptions::from_process_env(config_file),
+        load,
         api_key,
         now_ms: SystemClock.now_ms(),
     });
@@ -495,21 +545,49 @@ fn start_failure(e: StartError) -> Failure {
     }
 }
 
-fn audit_verify(config: &Config) -> Result<ExitCode, Failure> {
+/// Exit code of `keel audit verify` when the database needs crash recovery before it can be
+/// read: not a failed verification, which is 1.
+const NEEDS_RECOVERY: u8 = 3;
+
+fn audit_verify(config: &Config, repair: bool) -> Result<ExitCode, Failure> {
     let path = config.database_path();
     if !path.exists() {
         bail_usage(format!(
-            "no database at {} (check data_dir)",
-            path.display()
+            "no keel database at {} (data_dir is {}; give --data-dir, --config or KEEL_DATA_DIR)",
+            path.display(),
+            config.data_dir.display()
         ))?;
     }
-    let db = redb::ReadOnlyDatabase::open(&path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => anyhow!(
+    let in_use = || {
+        anyhow!(
             "{} is in use by a running keel: stop it first, or use POST /api/v1/audit/verify",
             path.display()
-        ),
-        other => anyhow!("cannot open {}: {other}", path.display()),
-    })?;
+        )
+    };
+    if repair {
+        // A writable open runs redb's recovery when the file needs it, then closes cleanly.
+        match redb::Database::open(&path) {
+            Ok(db) => drop(db),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(in_use().into()),
+            Err(other) => {
+                return Err(anyhow!("cannot repair {}: {other}", path.display()).into());
+            }
+        }
+    }
+    let db = match redb::ReadOnlyDatabase::open(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(in_use().into()),
+        Err(redb::DatabaseError::RepairAborted) => {
+            return Err(Failure {
+                code: NEEDS_RECOVERY,
+                error: anyhow!(
+                    "{} was not closed cleanly (keel was stopped by a crash or kill -9) and needs crash recovery before it can be verified; nothing is known to be wrong with the audit log. Run `keel audit verify --repair` (recovers, then verifies), or start keel once",
+                    path.display()
+                ),
+            });
+        }
+        Err(other) => return Err(anyhow!("cannot open {}: {other}", path.display()).into()),
+    };
     let audit =
         Audit::load(&config.data_dir, config.audit.checkpoint_every).map_err(anyhow::Error::new)?;
     let tx = redb::ReadableDatabase::begin_read(&db).context("cannot read the database")?;
@@ -526,17 +604,31 @@ fn bail_usage(message: String) -> Result<(), Failure> {
     Err(usage(anyhow!(message)))
 }
 
-/// The base URL of the configured server.
-fn server_url(config: &Config, url: Option<String>) -> String {
-    url.unwrap_or_else(|| {
-        let mut addr = config.server.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+/// The base URL of the server: `url` when given (it must be an `http://` or `https://` URL with
+/// a host, else a usage error), or the configured `server.listen`.
+fn server_url(config: &Config, url: Option<String>) -> Result<String, Failure> {
+    let url = match url {
+        Some(url) => {
+            let parsed: Option<ureq::http::Uri> = url.trim().parse().ok();
+            let usable = parsed.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            });
+            if !usable {
+                return Err(usage(anyhow!(
+                    "--url: expected an http:// or https:// URL such as http://127.0.0.1:8080, got `{url}`"
+                )));
+            }
+            url.trim().to_string()
         }
-        format!("http://{addr}")
-    })
-    .trim_end_matches('/')
-    .to_string()
+        None => {
+            let mut addr = config.server.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        }
+    };
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn http_agent() -> ureq::Agent {
@@ -549,7 +641,7 @@ fn http_agent() -> ureq::Agent {
 }
 
 fn healthcheck(config: &Config, url: Option<String>) -> Result<ExitCode, Failure> {
-    let url = format!("{}/ready", server_url(config, url));
+    let url = format!("{}/ready", server_url(config, url)?);
     let mut response = http_agent()
         .get(&url)
         .call()

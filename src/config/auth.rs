@@ -5,7 +5,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Secret;
-use super::error::{ConfigError, at_least, invalid};
+use super::error::{ConfigError, at_least, between, invalid};
+
+/// The longest a rotated-out key may keep working: 30 days, in seconds.
+pub const MAX_ROTATION_OVERLAP_SECONDS: u64 = 30 * 86_400;
 
 /// `[auth]`: API keys and sessions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,7 +17,7 @@ pub struct AuthConfig {
     /// Secret for API key hashes; when unset keel generates `<data_dir>/key-hash.secret`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_hash_secret: Option<Secret>,
-    /// How long a rotated-out key keeps working, in seconds.
+    /// How long a rotated-out key keeps working, in seconds (at most 30 days).
     pub rotation_overlap_seconds: u64,
     /// How often key "last used" times are flushed, in seconds (≥ 1).
     pub last_used_flush_seconds: u64,
@@ -58,6 +61,12 @@ impl AuthConfig {
                 ));
             }
         }
+        between(
+            "auth.rotation_overlap_seconds",
+            self.rotation_overlap_seconds,
+            0,
+            MAX_ROTATION_OVERLAP_SECONDS,
+        )?;
         at_least(
             "auth.last_used_flush_seconds",
             self.last_used_flush_seconds,

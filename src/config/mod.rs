@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use audit::AuditConfig;
-pub use auth::AuthConfig;
+pub use auth::{AuthConfig, MAX_ROTATION_OVERLAP_SECONDS};
 pub use cycles::{
     AutonomyConfig, CyclesConfig, DispatchConfig, DispatchEndpointConfig, GovernanceConfig,
     TelemetryConfig,

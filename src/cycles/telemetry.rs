@@ -130,7 +130,8 @@ fn write_archive(path: &Path, lines: &[String]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     {
-        let file = std::fs::File::create(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        let file = crate::fsutil::create_private_file(&tmp)?;
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
         for line in lines {
             gz.write_all(line.as_bytes())?;

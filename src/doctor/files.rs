@@ -1,5 +1,5 @@
 //! Doctor's checks of the data dir: that it exists and is writable by this user, the free disk
-//! space under it, and the modes of the secret files in it.
+//! space under it, the modes of the secret files in it, and of the directory and database.
 
 use std::path::Path;
 
@@ -18,7 +18,7 @@ pub(super) fn check_data_dir(dir: &Path) -> (Check, bool) {
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
             Check::new(NAME, Status::Warn, format!("{shown} does not exist yet")).hint(format!(
-                "`keel serve` creates it on first start; or create it now: install -d -m 0750 {shown}"
+                "`keel serve` creates it on first start; or create it now: install -d -m 0700 {shown}"
             )),
             false,
         ),
@@ -54,7 +54,7 @@ pub(super) fn check_data_dir(dir: &Path) -> (Check, bool) {
                         format!("{shown} is not writable by uid {}: {e}", uid()),
                     )
                     .hint(format!(
-                        "give keel's user the directory (chown -R keel:keel {shown} && chmod 0750 {shown}), or run doctor as that user"
+                        "give keel's user the directory (chown -R keel:keel {shown} && chmod 0700 {shown}), or run doctor as that user"
                     )),
                     true,
                 ),
@@ -196,4 +196,52 @@ pub(super) fn check_secret_files(dir: &Path, dir_exists: bool) -> Check {
         ));
     }
     Check::new(NAME, Status::Ok, message)
+}
+
+/// Warns when the data dir or the database can be read by other users: keel creates them 0700
+/// and 0600, so a looser mode was set by hand or by an older keel.
+pub(super) fn check_file_modes(dir: &Path, database: &Path, dir_exists: bool) -> Check {
+    const NAME: &str = "file_modes";
+    if !dir_exists {
+        return Check::new(NAME, Status::Skip, "no data dir");
+    }
+    let mut loose = Vec::new();
+    let mut fine = Vec::new();
+    for (path, wanted) in [
+        (dir, crate::fsutil::PRIVATE_DIR_MODE),
+        (database, crate::fsutil::PRIVATE_FILE_MODE),
+    ] {
+        match crate::fsutil::mode_of(path) {
+            Ok(mode) if mode & 0o077 == 0 => fine.push(format!("{} {mode:04o}", path.display())),
+            Ok(mode) => loose.push((path, mode, wanted)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Check::new(
+                    NAME,
+                    Status::Warn,
+                    format!("cannot inspect {}: {e}", path.display()),
+                )
+                .hint("run doctor as root or as keel's user");
+            }
+        }
+    }
+    if loose.is_empty() {
+        return Check::new(NAME, Status::Ok, fine.join(", "));
+    }
+    let message = loose
+        .iter()
+        .map(|(path, mode, wanted)| {
+            format!(
+                "{} has mode {mode:04o}: other users may read it (keel creates it {wanted:04o})",
+                path.display()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let hint = loose
+        .iter()
+        .map(|(path, _, wanted)| format!("chmod {wanted:o} {}", path.display()))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    Check::new(NAME, Status::Warn, message).hint(hint)
 }

@@ -1,6 +1,6 @@
 //! `keel doctor`: checks what a user would otherwise debug by hand (configuration, data dir,
-//! disk, database, schema, audit chain, secret file modes, clock, listen port, systemd unit) and
-//! reports each as ok / warn / fail / skip with a hint.
+//! disk, database, schema, audit chain, modes of the secret files, data dir and database, clock,
+//! listen port, systemd unit) and reports each as ok / warn / fail / skip with a hint.
 //!
 //! Doctor only reads: the one thing it writes is a probe file in the data dir (removed at once)
 //! to learn whether the directory is writable. When a running keel holds the database, the
@@ -21,7 +21,7 @@ mod host;
 
 use database::{base_url, check_audit, check_database, check_schema};
 pub use files::disk_status;
-use files::{check_data_dir, check_disk, check_secret_files};
+use files::{check_data_dir, check_disk, check_file_modes, check_secret_files};
 pub use host::check_clock;
 use host::{check_listen, check_systemd};
 
@@ -169,16 +169,25 @@ pub fn run(options: &Options) -> Report {
     let mut checks = Vec::new();
     let config = match Config::load(&options.load) {
         Ok(config) => {
-            checks.push(Check::new(
-                "config",
-                Status::Ok,
-                format!(
-                    "{} is valid (data_dir {}, listen {})",
-                    config_source(&options.load),
-                    config.data_dir.display(),
-                    config.server.listen
+            checks.push(match crate::app::validate_start(&config) {
+                // The same words `keel serve` would refuse to start with.
+                Err(e) => Check::new(
+                    "config",
+                    Status::Fail,
+                    format!("{:#}", anyhow::Error::new(e)),
+                )
+                .hint("fix the profile files named above; `keel config check` validates again"),
+                Ok(_) => Check::new(
+                    "config",
+                    Status::Ok,
+                    format!(
+                        "{} is valid (data_dir {}, listen {})",
+                        config_source(&options.load),
+                        config.data_dir.display(),
+                        config.server.listen
+                    ),
                 ),
-            ));
+            });
             config
         }
         Err(e) => {
@@ -196,6 +205,7 @@ pub fn run(options: &Options) -> Report {
                 "schema",
                 "audit",
                 "secret_files",
+                "file_modes",
                 "listen",
             ] {
                 checks.push(Check::new(
@@ -223,6 +233,7 @@ pub fn run(options: &Options) -> Report {
     let (audit_check, head) = check_audit(&config, &db, api_key.as_deref());
     checks.push(audit_check);
     checks.push(check_secret_files(dir, dir_exists));
+    checks.push(check_file_modes(dir, &config.database_path(), dir_exists));
     checks.push(check_clock(options.now_ms, head));
     checks.push(check_listen(config.server.listen, &db));
     checks.push(check_systemd());

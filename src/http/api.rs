@@ -20,7 +20,7 @@ use super::models::system::{
     ReadyStatus, SeriesHistory, SeriesList, SystemInfo, Worker,
 };
 use crate::audit;
-use crate::auth::{KeyView, NewKey};
+use crate::auth::{KeyView, NewKey, Rotation, secs_to_ms};
 use crate::metrics::history;
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
@@ -287,29 +287,7 @@ pub(super) async fn keys_create(
     Caller(principal): Caller,
     ApiJson(body): ApiJson<CreateKey>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
-    let now = app.clock.now_ms();
-    let expires_at = match (body.expires_at, body.expires_in_seconds) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give expires_at or expires_in_seconds, not both",
-            ));
-        }
-        (Some(at), None) => Some(
-            chrono::DateTime::parse_from_rfc3339(&at)
-                .map_err(|e| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_field",
-                        format!("expires_at: `{at}` is not an RFC 3339 time: {e}"),
-                    )
-                })?
-                .timestamp_millis(),
-        ),
-        (None, Some(secs)) => {
-            Some(now.saturating_add(secs.saturating_mul(1000).min(i64::MAX as u64) as i64))
-        }
-        (None, None) => None,
-    };
+    let expires_at = expiry(app.clock.now_ms(), body.expires_at, body.expires_in_seconds)?;
     let created = app
         .auth
         .create(
@@ -322,6 +300,28 @@ pub(super) async fn keys_create(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(KeyCreated::from(&created))))
+}
+
+/// The expiry given as an RFC 3339 time or as seconds from `now` (at most one of them).
+fn expiry(now: i64, at: Option<String>, in_seconds: Option<u64>) -> Result<Option<i64>, ApiError> {
+    match (at, in_seconds) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give expires_at or expires_in_seconds, not both",
+        )),
+        (Some(at), None) => Ok(Some(
+            chrono::DateTime::parse_from_rfc3339(&at)
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_field",
+                        format!("expires_at: `{at}` is not an RFC 3339 time: {e}"),
+                    )
+                })?
+                .timestamp_millis(),
+        )),
+        (None, Some(secs)) => Ok(Some(now.saturating_add(secs_to_ms(secs)))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// One key.
@@ -340,19 +340,33 @@ pub(super) async fn keys_get(
     }))
 }
 
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct RevokeQuery {
+    /// Revoke even the last active admin key (default false).
+    #[serde(default)]
+    force: bool,
+}
+
 /// Revokes a key at once. Audited.
+///
+/// Revoking the last active admin key answers 409 `last_admin` unless `force=true`.
 #[utoipa::path(post, path = "/api/v1/keys/{id}/revoke", tag = "keys", operation_id = "keys_revoke",
-    params(("id" = Uuid, Path, description = "The key's id")),
+    params(("id" = Uuid, Path, description = "The key's id"), RevokeQuery),
     responses(
         (status = 200, description = "The revoked key", body = KeyOne),
         (status = 404, description = "No key with this id", body = ErrorBody),
+        (status = 409, description = "The last active admin key (`last_admin`); give `force=true`",
+            body = ErrorBody),
     ))]
 pub(super) async fn keys_revoke(
     State(app): State<AppState>,
     Caller(principal): Caller,
     IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<RevokeQuery>,
 ) -> Result<Json<KeyOne>, ApiError> {
-    let view = app.auth.revoke(&principal.actor(), id).await?;
+    let view = app.auth.revoke(&principal.actor(), id, q.force).await?;
     Ok(Json(KeyOne {
         key: Key::from(&view),
     }))
@@ -360,16 +374,19 @@ pub(super) async fn keys_revoke(
 
 /// Rotates a key.
 ///
-/// Creates a successor with the same name and role; the old key keeps working for the overlap,
-/// then expires. Audited.
+/// Creates a successor with the same name and role, expiring when the body says or else when
+/// the old key would have; the old key keeps working for the overlap (at most 30 days), then
+/// expires. Audited.
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", operation_id = "keys_rotate",
     params(("id" = Uuid, Path, description = "The key's id")),
     request_body(content = Option<RotateKey>, description = "Optional; may be empty"),
     responses(
         (status = 201, description = "The successor; `token` is its full key", body = KeyCreated),
-        (status = 404, description = "No key with this id", body = ErrorBody),
-        (status = 422, description = "The key cannot be rotated (revoked or expired)",
+        (status = 400, description = "Both `expires_at` and `expires_in_seconds` given",
             body = ErrorBody),
+        (status = 404, description = "No key with this id", body = ErrorBody),
+        (status = 422, description = "The key cannot be rotated (revoked or expired), the overlap \
+            is over 30 days, or the expiry is past or over 5 years ahead", body = ErrorBody),
     ))]
 pub(super) async fn keys_rotate(
     State(app): State<AppState>,
@@ -380,12 +397,20 @@ pub(super) async fn keys_rotate(
     let overlap = rotate
         .overlap_seconds
         .unwrap_or(app.config.auth.rotation_overlap_seconds);
+    let expires_at = expiry(
+        app.clock.now_ms(),
+        rotate.expires_at,
+        rotate.expires_in_seconds,
+    )?;
     let created = app
         .auth
         .rotate(
             &principal.actor(),
             id,
-            overlap.saturating_mul(1000).min(i64::MAX as u64) as i64,
+            Rotation {
+                overlap_ms: secs_to_ms(overlap),
+                expires_at,
+            },
         )
         .await?;
     Ok((StatusCode::CREATED, Json(KeyCreated::from(&created))))

@@ -239,6 +239,7 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
             }
+            AuthError::LastAdmin(_) => Self::new(StatusCode::CONFLICT, "last_admin", message),
             AuthError::Store(s) => s.into(),
             AuthError::SecretFile(_) => Self::internal(message),
         }

@@ -111,9 +111,10 @@ impl Modify for Schemes {
     }
 }
 
-/// Whether a route of the table belongs in the document (the dashboard does not).
+/// Whether a route of the table belongs in the document (the dashboard and its `GET /` redirect
+/// do not).
 pub fn documented(spec: &RouteSpec) -> bool {
-    !spec.path.starts_with("/admin")
+    !spec.path.starts_with("/admin") && spec.path != "/"
 }
 
 /// The roles that may call a route, lowest first (empty for public routes).

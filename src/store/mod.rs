@@ -119,8 +119,17 @@ impl Store {
     /// A file held by another process fails at once with [`StoreError::Locked`]; a file from a
     /// newer keel fails with [`StoreError::NewerSchema`] and is not modified.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        if path.exists() {
-            check_schema_read_only(path)?;
+        match std::fs::metadata(path) {
+            // An empty file is one created here before a crash: redb initialises it.
+            Ok(meta) if meta.len() == 0 => {}
+            Ok(_) => check_schema_read_only(path)?,
+            // redb initialises an empty file; creating it first gives it mode 0600.
+            Err(_) => {
+                crate::fsutil::create_private_file(path).map_err(|e| StoreError::Open {
+                    path: path.to_path_buf(),
+                    reason: format!("cannot create the file: {e}"),
+                })?;
+            }
         }
         let db = Database::create(path).map_err(|e| open_error(path, e))?;
         migrate(&db, path)?;
@@ -470,8 +479,13 @@ fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {
         tx.open_table(tables::META)?
             .insert(tables::META_SCHEMA_VERSION, version + 1)?;
         tx.commit()?;
-        tracing::info!(from = version, to = version + 1, "migrated store schema");
+        if found.is_some() {
+            tracing::info!(from = version, to = version + 1, "migrated store schema");
+        }
         version += 1;
+    }
+    if found.is_none() {
+        tracing::info!(path = %path.display(), schema = SCHEMA_VERSION, "created store");
     }
     Ok(())
 }

@@ -296,11 +296,13 @@ fn pages(task_id: &str) -> Vec<(String, Role)> {
     routes()
         .into_iter()
         // A cycle's page needs a cycle: `cycles_page_shows_state_and_operator_actions` opens it.
+        // A new key's page shows once: `a_new_key_is_shown_once_and_a_refresh_repeats_nothing`.
         .filter(|s| {
             s.method == "GET"
                 && !s.path.starts_with("/admin/live")
                 && !s.path.contains("{*rest}")
                 && s.path != "/admin/cycles/{id}"
+                && s.path != "/admin/keys/{id}/created"
         })
         .filter_map(|s| match s.access {
             Access::Session(role) => Some((s.path.replace("{id}", task_id), role)),
@@ -484,7 +486,7 @@ fn sessions_survive_a_restart() {
     // The same session, so the same CSRF token: a form loaded before the restart still posts.
     assert_eq!(csrf_in(&r.body).unwrap(), kept_csrf);
     kept.csrf = kept_csrf;
-    assert_eq!(kept.post("/admin/audit/verify", &[]).status, 200);
+    assert_eq!(kept.post("/admin/audit/verify", &[]).status, 303);
     let left = Client::new(&again.base);
     left.set_cookie("keel_session", &left_cookie);
     assert_eq!(left.get("/admin").status, 303, "signed out stays out");
@@ -720,6 +722,36 @@ fn pages_show_only_the_actions_of_the_role() {
     let nav = viewer.get("/admin").body;
     assert!(!nav.contains("href=\"/admin/keys\"") && !nav.contains("href=\"/admin/settings\""));
 
+    // A service key may enqueue tasks and trigger cycles through the API: the dashboard offers
+    // it those forms, and only those.
+    let service = &clients[1].2;
+    assert_eq!(clients[1].0, Role::Service);
+    assert_eq!(posts_on(service, "/admin/tasks"), ["/admin/tasks"]);
+    assert_eq!(
+        posts_on(service, "/admin/cycles"),
+        [
+            "/admin/cycles/trigger",
+            "/admin/cycles/run-profiles/trigger"
+        ]
+    );
+    for path in [
+        "/admin",
+        "/admin/dlq",
+        "/admin/circuits",
+        "/admin/budgets",
+        "/admin/audit",
+    ] {
+        assert_eq!(
+            posts_on(service, path),
+            Vec::<String>::new(),
+            "service on {path}"
+        );
+    }
+    assert_eq!(
+        posts_on(service, &format!("/admin/tasks/{task}")),
+        Vec::<String>::new()
+    );
+
     let forms = posts_on(operator, "/admin/dlq");
     assert!(forms.contains(&"/admin/dlq/drain".to_string()), "{forms:?}");
     assert!(
@@ -899,7 +931,9 @@ fn no_secret_reaches_any_page() {
         "the handler really holds the token"
     );
     let admin = Client::sign_in(&app.base, &app.admin_key);
-    let created = admin.post("/admin/keys", &[("name", "fresh"), ("role", "service")]);
+    let made = admin.post("/admin/keys", &[("name", "fresh"), ("role", "service")]);
+    assert_eq!(made.status, 303, "{}", made.body);
+    let created = admin.get(made.header("location").unwrap());
     assert_eq!(created.status, 200, "{}", created.body);
     let at = created
         .body
@@ -1092,7 +1126,13 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
 
     // Verify reports the chain.
     let r = op.post("/admin/audit/verify", &[]);
+    assert_eq!(r.status, 303);
+    let seq = app.audit_seq();
+    let r = op.get(r.header("location").unwrap());
     assert_eq!(r.status, 200);
+    assert_eq!(app.audit_seq(), seq, "verifying writes nothing");
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    assert_eq!(viewer.get("/admin/audit?verify=true").status, 403);
     assert!(
         r.body.contains("Verified.") && r.body.contains("OK: "),
         "{}",
@@ -1110,17 +1150,23 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
             ("expires_in_days", "30"),
         ],
     );
-    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.status, 303, "{}", r.body);
     let e = last(&app);
     assert_eq!(
         (e["action"].as_str(), e["actor"].as_str()),
         (Some("key.create"), Some(admin_id.as_str()))
     );
     let made = e["target"].as_str().unwrap().to_string();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/admin/keys/{made}/created").as_str())
+    );
     let r = admin.post(
         &format!("/admin/keys/{made}/rotate"),
         &[("overlap_seconds", "60")],
     );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = admin.get(r.header("location").unwrap());
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.body.contains("keeps working for 1 min"), "{}", r.body);
     let e = last(&app);
@@ -1612,7 +1658,7 @@ fn the_api_reference_page_lists_every_api_route() {
     assert_no_inline_code("/admin/api", &r.body);
     let api: Vec<_> = routes()
         .into_iter()
-        .filter(|s| !s.path.starts_with("/admin"))
+        .filter(|s| !s.path.starts_with("/admin") && s.path != "/")
         .collect();
     assert!(api.len() > 50, "{api:?}");
     for spec in &api {
@@ -1660,4 +1706,93 @@ fn the_api_reference_page_lists_every_api_route() {
     }
     let health = &r.body[r.body.find("id=\"op-health\"").unwrap()..];
     assert!(health[..health.find("</article>").unwrap()].contains("public: no key"));
+}
+
+/// Creating a key on the dashboard answers 303 to a page that shows the key once: a refresh of
+/// that page answers 410 and makes no second key; nobody else's session sees it.
+#[test]
+fn a_new_key_is_shown_once_and_a_refresh_repeats_nothing() {
+    let app = TestApp::start();
+    let admin = Client::sign_in(&app.base, &app.admin_key);
+    let other = Client::sign_in(&app.base, &app.create_key("admin"));
+    let keys_before = app.admin_get("/api/v1/keys").json()["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    let r = admin.post("/admin/keys", &[("name", "once"), ("role", "service")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = r.header("location").unwrap().to_string();
+    assert!(page.ends_with("/created"), "{page}");
+    let seq = app.audit_seq();
+
+    assert_eq!(other.get(&page).status, 410, "another admin sees it");
+    let shown = admin.get(&page);
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    let field = &shown.body[shown
+        .body
+        .find("id=\"new-key\"")
+        .expect("the new key field")..];
+    let field = &field[field.find("value=\"").unwrap() + 7..];
+    let token = field[..field.find('"').unwrap()].to_string();
+    assert!(token.starts_with("keel_"), "{token}");
+    assert_eq!(app.get("/api/v1/tasks", Some(&token)).status, 200);
+
+    for _ in 0..2 {
+        let again = admin.get(&page);
+        assert_eq!(again.status, 410, "{}", again.body);
+        assert!(!again.body.contains(&token), "shown twice");
+        assert!(again.body.contains("shown once"), "{}", again.body);
+    }
+    assert_eq!(app.audit_seq(), seq, "a refresh wrote something");
+    let keys_after = app.admin_get("/api/v1/keys").json()["keys"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(keys_after, keys_before + 1, "exactly one key was made");
+
+    let id = page.split('/').nth(3).unwrap().to_string();
+    let r = admin.post(&format!("/admin/keys/{id}/rotate"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let rotated_page = r.header("location").unwrap().to_string();
+    assert_ne!(rotated_page, page);
+    assert_eq!(admin.get(&rotated_page).status, 200);
+    assert_eq!(admin.get(&rotated_page).status, 410);
+}
+
+/// The forms a service session is offered work when posted: the enqueue and the cycle trigger
+/// are accepted (303, audited with the service key), an operator's action is refused (403).
+#[test]
+fn a_service_session_enqueues_and_triggers_but_does_not_operate() {
+    let receiver = Receiver::start();
+    let app = dashboard_app(&receiver);
+    let task = dead_letter(&app);
+    let key = app.create_key("service");
+    let service_id = key_id_of(&key);
+    let service = Client::sign_in(&app.base, &key);
+    let task_type = app.app.config.handlers.keys().next().unwrap().clone();
+    let r = service.post(
+        "/admin/tasks",
+        &[("type", task_type.as_str()), ("payload", "{}")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let e = audit_entries(&app).pop().unwrap();
+    assert_eq!(
+        (e["action"].as_str(), e["actor"].as_str()),
+        (Some("task.enqueue"), Some(service_id.as_str())),
+        "{e}"
+    );
+    let r = service.post("/admin/cycles/trigger", &[("namespace", "")]);
+    assert_ne!(r.status, 403, "{}", r.body);
+    let r = service.post("/admin/cycles/run-profiles/trigger", &[]);
+    assert_ne!(r.status, 403, "{}", r.body);
+    let seq = app.audit_seq();
+    for path in [
+        format!("/admin/tasks/{task}/cancel"),
+        "/admin/cycles/pause".to_string(),
+        "/admin/dlq/drain".to_string(),
+    ] {
+        let r = service.post(&path, &[("max", "1"), ("reason", "x")]);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
+    assert_eq!(app.audit_seq(), seq, "a refused post wrote something");
 }

@@ -308,7 +308,29 @@ fn keys_work_offline_and_through_the_running_server() {
         &[],
     );
     assert_eq!(out.code, 2, "an absurdly long lifetime is refused: {out:?}");
-    assert!(out.stderr.contains("year 10000"), "{}", out.stderr);
+    assert!(out.stderr.contains("5 years"), "{}", out.stderr);
+    for (lifetime, says) in [
+        ("90", "has no unit: write 90s, 90m, 90h or 90d"),
+        ("1827d", "5 years"),
+        ("0d", "at once"),
+        ("3w", "unknown unit `w`"),
+    ] {
+        let out = keel(
+            &[
+                "keys",
+                "create",
+                "--name",
+                "unitless",
+                "--role",
+                "viewer",
+                "--expires-in",
+                lifetime,
+            ],
+            &[],
+        );
+        assert_eq!(out.code, 2, "--expires-in {lifetime}: {out:?}");
+        assert!(out.stderr.contains(says), "{lifetime}: {}", out.stderr);
+    }
     let out = keel(
         &[
             "keys",
@@ -318,11 +340,11 @@ fn keys_work_offline_and_through_the_running_server() {
             "--role",
             "viewer",
             "--expires-in",
-            "3650d",
+            "1826d",
         ],
         &[],
     );
-    assert_ok(&out, "a ten-year lifetime");
+    assert_ok(&out, "a five-year lifetime");
     let forever_token = printed(&out, "key:");
 
     let out = keel(&["keys", "create", "--name", "ops", "--role", "admin"], &[]);
@@ -342,11 +364,22 @@ fn keys_work_offline_and_through_the_running_server() {
         vec!["keys", "rotate", unknown.as_str()],
     ] {
         let out = keel(&args, &[]);
-        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert_eq!(
+            out.code, 1,
+            "an unknown key is a failure: {args:?}: {out:?}"
+        );
         assert!(out.stderr.contains(&unknown), "{}", out.stderr);
     }
-    let out = keel(&["keys", "revoke", "not-a-uuid"], &[]);
+    let out = keel(&["keys", "revoke", "nope"], &[]);
     assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("expected a key id (UUID), got `nope`"),
+        "{}",
+        out.stderr
+    );
+    let out = keel(&["keys", "rotate", &op2_id, "--overlap", "31d"], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("30 days"), "{}", out.stderr);
 
     // The server starts on that data dir; it makes no initial admin key since keys exist.
     let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
@@ -421,7 +454,8 @@ fn keys_work_offline_and_through_the_running_server() {
     let out = keel(&["keys", "rotate", &op2_id, "--overlap", "60s"], &env);
     assert_ok(&out, "remote rotate");
     let out = keel(&["keys", "revoke", &unknown], &env);
-    assert_eq!(out.code, 2, "remote unknown id: {out:?}");
+    assert_eq!(out.code, 1, "a server's 404 is a failure: {out:?}");
+    assert!(out.stderr.contains("404"), "{}", out.stderr);
 
     let online = audit(seq);
     let got: Vec<(&str, &str, &str)> = online
@@ -452,6 +486,19 @@ fn keys_work_offline_and_through_the_running_server() {
         "{}",
         online[2]
     );
+
+    // `ops` is the only admin key: revoking it needs --force.
+    let out = keel(&["keys", "revoke", &admin_id], &env);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("409") && out.stderr.contains("last active admin key"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(status(&admin).status, 200);
+    let out = keel(&["keys", "revoke", &admin_id, "--force"], &env);
+    assert_ok(&out, "forced revoke");
+    assert_eq!(status(&admin).error_code(), "key_revoked");
     assert_eq!(proc.terminate(), 0);
 }
 
@@ -471,7 +518,17 @@ fn healthcheck_reports_ready_and_unreachable() {
     drop(free);
     let out = run_keel(&["healthcheck"], &[("KEEL_URL", &format!("http://{addr}"))]);
     assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(out.code, 1, "unreachable is a failed check: {out:?}");
     assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+    for bad in ["notaurl", "ftp://127.0.0.1:1", "http://"] {
+        let out = run_keel(&["healthcheck", "--url", bad], &[]);
+        assert_eq!(out.code, 2, "--url {bad}: {out:?}");
+        assert!(
+            out.stderr.contains("expected an http:// or https:// URL"),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
     assert_eq!(proc.terminate(), 0);
 }
 
@@ -543,4 +600,249 @@ fn a_newer_schema_is_refused_and_left_untouched() {
         before,
         "keys list changed the file"
     );
+}
+
+/// `keys list`, `dlq stats`, `audit verify` and `doctor` run where no keel lives: they say
+/// where they looked and create nothing; `--data-dir` points every one of them at the data.
+#[test]
+fn read_only_commands_create_nothing_and_take_data_dir() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run_in_cwd = |args: &[&str]| {
+        let mut cmd = keel_cmd();
+        cmd.args(args).current_dir(cwd.path());
+        let out = cmd.output().expect("run keel");
+        CmdOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    for args in [
+        &["keys", "list"][..],
+        &["dlq", "stats"],
+        &["dlq", "drain", "--max", "10"],
+        &["audit", "verify"],
+    ] {
+        let out = run_in_cwd(args);
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(
+            out.stderr
+                .contains("no keel database at ./keel-data/keel.redb")
+                && out.stderr.contains("--data-dir"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_in_cwd(&["doctor"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+    assert!(left.is_empty(), "created {left:?}");
+
+    let data = cwd.path().join("elsewhere");
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    assert_eq!(proc.terminate(), 0);
+    let data_arg = data.display().to_string();
+    for args in [
+        &["keys", "list", "--data-dir", &data_arg][..],
+        &["--data-dir", &data_arg, "dlq", "stats"],
+        &["audit", "verify", "--data-dir", &data_arg],
+        &["doctor", "--data-dir", &data_arg, "--json"],
+    ] {
+        let out = run_in_cwd(args);
+        assert_eq!(out.code, 0, "{args:?}: {out:?}");
+    }
+    let out = run_in_cwd(&["keys", "list", "--data-dir", &data_arg]);
+    assert!(out.stdout.contains("initial-admin"), "{out:?}");
+    let out = run_in_cwd(&["doctor", "--data-dir", &data_arg, "--json"]);
+    assert!(out.stdout.contains(&data_arg), "{out:?}");
+    assert!(!cwd.path().join("keel-data").exists());
+}
+
+/// After a kill -9 in the middle of writes, `audit verify` says the database needs crash
+/// recovery (exit 3, not the 1 of a failed verification); `--repair` recovers and verifies.
+#[test]
+fn audit_verify_after_a_kill_says_the_database_needs_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    let admin = proc.admin_key();
+    let base = proc.base.clone();
+    let writer = std::thread::spawn(move || {
+        let agent = crate::support::agent();
+        let mut acknowledged = 0;
+        for i in 0.. {
+            let body = json!({"name": format!("k{i}"), "role": "viewer"});
+            match crate::support::send(&agent, &base, "POST", "/api/v1/keys", &admin, Some(&body)) {
+                Ok(r) if r.status == 201 => acknowledged += 1,
+                _ => break,
+            }
+        }
+        acknowledged
+    });
+    // Let writes flow, then kill while they do.
+    crate::support::poll_until("keys were written", || {
+        let r = request(
+            &proc.base,
+            "GET",
+            "/api/v1/keys",
+            Some(&proc.admin_key()),
+            None,
+        );
+        let n = r.json()["keys"].as_array().map_or(0, Vec::len);
+        if n >= 20 {
+            Ok(())
+        } else {
+            Err(format!("{n} keys"))
+        }
+    });
+    proc.kill9();
+    assert!(writer.join().unwrap() > 0);
+
+    let data_arg = data.display().to_string();
+    let out = run_keel(&["audit", "verify", "--data-dir", &data_arg], &[]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains("needs crash recovery")
+            && out.stderr.contains("keel audit verify --repair"),
+        "{}",
+        out.stderr
+    );
+    let out = run_keel(
+        &["audit", "verify", "--repair", "--data-dir", &data_arg],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("OK: "), "{out:?}");
+    let out = run_keel(&["audit", "verify", "--data-dir", &data_arg], &[]);
+    assert_eq!(out.code, 0, "recovered once, verified read-only: {out:?}");
+}
+
+/// Invalid profile files: `serve` refuses to start, and `config check` and `doctor` fail with
+/// the very same message instead of calling the configuration valid.
+#[test]
+fn config_check_and_doctor_refuse_what_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    std::fs::write(profiles.join("profiles.json"), "{not json").unwrap();
+    std::fs::write(profiles.join("runProfiles.json"), "[]").unwrap();
+    let data = dir.path().join("data");
+    let config = write_file(
+        dir.path(),
+        "keel.toml",
+        &format!(
+            "{}[cycles]\nprofiles_dir = {}\n",
+            data_dir_line(&data),
+            toml::Value::String(profiles.display().to_string())
+        ),
+    );
+    let serve = run_keel_expecting_exit(
+        &["serve", "--config", &config, "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert_eq!(serve.code, 2, "{serve:?}");
+    let at = serve
+        .stderr
+        .find("keel: ")
+        .unwrap_or_else(|| panic!("no refusal in {serve:?}"));
+    let refusal = serve.stderr[at + "keel: ".len()..].trim().to_string();
+    assert!(refusal.contains("profiles.json"), "{refusal}");
+
+    let check = run_keel(&["config", "check", "--config", &config], &[]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(!check.stdout.contains("valid"), "{check:?}");
+    assert!(
+        check.stderr.contains(&format!("keel: {refusal}")),
+        "serve said `{refusal}`; config check said {}",
+        check.stderr
+    );
+
+    let doctor = run_keel(&["doctor", "--json", "--config", &config], &[]);
+    assert_eq!(doctor.code, 1, "{doctor:?}");
+    let report: Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let config_check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "config")
+        .unwrap();
+    assert_eq!(config_check["status"], "fail", "{report:#}");
+    assert!(
+        config_check["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&refusal),
+        "serve said `{refusal}`; doctor said {config_check}"
+    );
+    assert!(!data.exists(), "nothing was created");
+}
+
+/// A port in use: the error is printed once and nothing is created. A first start logs one
+/// "created store" line (no "migrated" lines) and the dashboard's URL; `GET /` leads there.
+#[test]
+fn start_up_binds_first_creates_quietly_and_points_at_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run_keel_expecting_exit(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr.matches("Address already in use").count(),
+        1,
+        "printed once: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains(&addr), "{}", out.stderr);
+    assert!(!data.exists(), "a failed bind created {}", data.display());
+    drop(taken);
+
+    let proc = KeelProcess::spawn(&data, &[]).expect("keel serves");
+    let log = proc.log.lock().unwrap().clone();
+    let messages: Vec<String> = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        messages.iter().filter(|m| *m == "created store").count(),
+        1,
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m.contains("migrated")),
+        "{messages:?}"
+    );
+    let serving = log
+        .iter()
+        .find(|l| l.contains("keel is serving"))
+        .expect("serving line");
+    let serving: Value = serde_json::from_str(serving).unwrap();
+    assert_eq!(
+        serving["fields"]["dashboard"],
+        format!("{}/admin", proc.base),
+        "{serving}"
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .proxy(None)
+        .build()
+        .into();
+    let r = agent.get(&format!("{}/", proc.base)).call().unwrap();
+    assert_eq!(r.status(), 307);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("/admin")
+    );
+    assert_eq!(proc.terminate(), 0);
 }

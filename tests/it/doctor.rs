@@ -90,6 +90,7 @@ fn healthy_stopped_setup_is_all_ok() {
         "schema",
         "audit",
         "secret_files",
+        "file_modes",
         "clock",
         "listen",
     ] {
@@ -297,4 +298,59 @@ fn database_from_a_newer_keel_fails() {
     let (message, hint) = assert_fails(&out, &report, "schema");
     assert!(message.contains("newer"), "{report:#}");
     assert!(hint.contains("newer keel"), "{report:#}");
+}
+
+/// Under a umask that would leave everything world-readable, keel still creates its data dir
+/// 0700 and every file in it 0600; doctor warns once someone loosens them.
+#[test]
+fn files_are_private_whatever_the_umask_and_doctor_warns_on_looser_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested").join("data");
+    let mut cmd = KeelProcess::command(&data);
+    // SAFETY: umask is async-signal-safe and only changes this child's file creation mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let keel = KeelProcess::start(cmd, &data).expect("keel starts");
+    assert_eq!(keel.terminate(), 0);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for expected in ["keel.redb", "key-hash.secret", "initial-admin-key"] {
+        assert!(
+            files.iter().any(|f| f == expected),
+            "{expected} in {files:?}"
+        );
+    }
+    assert!(files.len() >= 4, "the signing key too: {files:?}");
+
+    let config = write_config(dir.path(), &data, "127.0.0.1:0");
+    let (out, report) = doctor_json(&config);
+    assert_eq!(out.code, 0, "{report:#}");
+    assert_eq!(status(&report, "file_modes"), "ok", "{report:#}");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let db = data.join("keel.redb");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (out, report) = doctor_json(&config);
+    assert_eq!(out.code, 0, "a looser mode is a warning: {report:#}");
+    let c = check(&report, "file_modes");
+    assert_eq!(c["status"], "warn", "{report:#}");
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("0755") && message.contains("0644"),
+        "{message}"
+    );
+    assert_eq!(
+        c["hint"].as_str().unwrap(),
+        format!("chmod 700 {} && chmod 600 {}", data.display(), db.display())
+    );
 }

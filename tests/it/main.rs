@@ -15,6 +15,7 @@ mod events;
 mod exec_crash;
 mod exec_safety;
 mod inbox;
+mod keys;
 mod llm;
 mod operations;
 mod queue;

@@ -400,6 +400,15 @@ impl KeelProcess {
     /// Starts `keel serve` on `data_dir`; waits until it logs its address. Returns the
     /// stderr it printed if it exits first.
     pub fn spawn(data_dir: &Path, env: &[(&str, &str)]) -> Result<KeelProcess, String> {
+        let mut cmd = Self::command(data_dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::start(cmd, data_dir)
+    }
+
+    /// The `keel serve` command [`KeelProcess::spawn`] runs, to adjust before [`KeelProcess::start`].
+    pub fn command(data_dir: &Path) -> Command {
         let mut cmd = keel_cmd();
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -407,9 +416,11 @@ impl KeelProcess {
             .env("KEEL_LOG__LEVEL", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        cmd
+    }
+
+    /// Starts `cmd` (a [`KeelProcess::command`]) and waits until it logs its address.
+    pub fn start(mut cmd: Command, data_dir: &Path) -> Result<KeelProcess, String> {
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let stderr = child.stderr.take().expect("piped stderr");
         let mut lines = BufReader::new(stderr).lines();

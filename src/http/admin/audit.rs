@@ -7,10 +7,12 @@ use std::sync::Arc;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
+use axum::response::Redirect;
 use serde::Deserialize;
 
 use super::{AdminError, Ctx, Layout, PageQuery, ago, count, time, time_opt};
 use crate::audit::{self, VerifyReport, hex};
+use crate::auth::Role;
 use crate::http::AppState;
 
 /// Entries per page.
@@ -75,10 +77,13 @@ pub struct AuditPage {
     verified: Option<Verified>,
 }
 
-/// Which page: entries before `before` (newest first).
+/// Which page: entries before `before` (newest first); `verify=true` (operators) shows a fresh
+/// verification of the chain above it.
 #[derive(Default, Deserialize)]
 pub struct AuditQuery {
     before: Option<u64>,
+    #[serde(default)]
+    verify: bool,
 }
 
 async fn audit_page(
@@ -181,19 +186,25 @@ pub async fn page(
     ctx: Ctx,
     PageQuery(q): PageQuery<AuditQuery>,
 ) -> Result<AuditPage, AdminError> {
-    audit_page(&app, &ctx, q, None).await
+    let verified = if q.verify {
+        // Verifying is an operator's action, as `POST /api/v1/audit/verify` is.
+        ctx.session.principal.require(Role::Operator)?;
+        let log = Arc::clone(&app.audit);
+        let report: VerifyReport = app.store.read(move |tx| log.verify(tx)).await?;
+        Some(Verified {
+            ok: report.ok,
+            summary: report.to_string(),
+        })
+    } else {
+        None
+    };
+    audit_page(&app, &ctx, q, verified).await
 }
 
-/// `POST /admin/audit/verify`: checks the chain and the checkpoints (as
-/// `POST /api/v1/audit/verify`) and shows the result above the log.
-pub async fn verify(State(app): State<AppState>, ctx: Ctx) -> Result<AuditPage, AdminError> {
-    let log = Arc::clone(&app.audit);
-    let report: VerifyReport = app.store.read(move |tx| log.verify(tx)).await?;
-    let verified = Verified {
-        ok: report.ok,
-        summary: report.to_string(),
-    };
-    audit_page(&app, &ctx, AuditQuery::default(), Some(verified)).await
+/// `POST /admin/audit/verify`: 303 to the audit page that checks the chain and the checkpoints
+/// (as `POST /api/v1/audit/verify`) and shows the result above the log.
+pub async fn verify() -> Redirect {
+    Redirect::to("/admin/audit?verify=true")
 }
 
 #[cfg(test)]

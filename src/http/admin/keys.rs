@@ -1,15 +1,24 @@
-//! The keys page (admins): every API key with its role, status and last use; create (the key is
-//! shown once, with a copy button), rotate with an overlap, revoke.
+//! The keys page (admins): every API key with its role, status and last use; create and rotate
+//! (each POST redirects to a one-time page that shows the new key once, with a copy button),
+//! revoke.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use askama_web::WebTemplate;
+use axum::Extension;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Redirect;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{AdminError, Ctx, Layout, PageForm, PagePath, ago, seconds, time, time_opt};
-use crate::auth::{KeyView, NewKey, Role};
+use super::{
+    AdminError, AdminState, Ctx, Layout, PageForm, PagePath, ago, seconds, time, time_opt,
+};
+use crate::auth::{KeyView, NewKey, Role, Rotation, secs_to_ms};
 use crate::http::AppState;
 
 /// A key in the list.
@@ -102,21 +111,94 @@ pub struct KeyCreatedPage {
     note: String,
 }
 
-fn created_page(
+/// How long a new key waits in memory for its one-time page.
+const REVEAL_TTL: Duration = Duration::from_secs(600);
+
+/// A new key waiting to be shown once, to the admin who made it.
+struct Reveal {
+    /// The key of the session that made it: nobody else sees it.
+    shown_to: Uuid,
+    heading: &'static str,
+    name: String,
+    role: &'static str,
+    token: String,
+    note: String,
+    made: Instant,
+}
+
+/// New keys between the POST that made them and the one GET that shows them. Held in memory
+/// only: the full key is never stored, and a restart in between loses it (rotate again).
+#[derive(Default)]
+pub struct Reveals {
+    waiting: Mutex<HashMap<Uuid, Reveal>>,
+}
+
+impl Reveals {
+    fn hold(&self, ctx: &Ctx, heading: &'static str, view: &KeyView, token: String, note: String) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.retain(|_, r| r.made.elapsed() < REVEAL_TTL);
+        waiting.insert(
+            view.id,
+            Reveal {
+                shown_to: ctx.session.principal.key_id,
+                heading,
+                name: view.name.clone(),
+                role: view.role.as_str(),
+                token,
+                note,
+                made: Instant::now(),
+            },
+        );
+    }
+
+    /// Takes the new key `id` out, if it waits for this session's key and has not expired.
+    fn take(&self, ctx: &Ctx, id: Uuid) -> Option<Reveal> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = waiting.get(&id).is_some_and(|r| {
+            r.shown_to == ctx.session.principal.key_id && r.made.elapsed() < REVEAL_TTL
+        });
+        if mine { waiting.remove(&id) } else { None }
+    }
+}
+
+/// Holds the new key for its one-time page and redirects there (303).
+fn reveal_once(
+    state: &AdminState,
     ctx: &Ctx,
     heading: &'static str,
     view: &KeyView,
     token: String,
     note: String,
-) -> KeyCreatedPage {
-    KeyCreatedPage {
-        l: ctx.layout(heading, "keys"),
-        heading,
-        name: view.name.clone(),
-        role: view.role.as_str(),
-        token,
-        note,
-    }
+) -> Redirect {
+    state.reveals.hold(ctx, heading, view, token, note);
+    Redirect::to(&format!("/admin/keys/{}/created", view.id))
+}
+
+/// `GET /admin/keys/{id}/created`: the new key, shown this once; afterwards (or to anyone else)
+/// 410, so a refresh never shows it again nor makes another key.
+pub async fn created(
+    Extension(state): Extension<Arc<AdminState>>,
+    ctx: Ctx,
+    PagePath(id): PagePath<String>,
+) -> Result<KeyCreatedPage, AdminError> {
+    let id = key_id(&id)?;
+    let reveal = state.reveals.take(&ctx, id).ok_or_else(|| {
+        AdminError::new(
+            StatusCode::GONE,
+            "gone",
+            format!(
+                "key {id} was shown once already and keel keeps only its hash; rotate it for a new one"
+            ),
+        )
+    })?;
+    Ok(KeyCreatedPage {
+        l: ctx.layout(reveal.heading, "keys"),
+        heading: reveal.heading,
+        name: reveal.name,
+        role: reveal.role,
+        token: reveal.token,
+        note: reveal.note,
+    })
 }
 
 /// The create form.
@@ -131,9 +213,10 @@ pub struct CreateForm {
 /// `POST /admin/keys`: creates a key through the auth room (audited as `key.create`).
 pub async fn create(
     State(app): State<AppState>,
+    Extension(state): Extension<Arc<AdminState>>,
     ctx: Ctx,
     PageForm(form): PageForm<CreateForm>,
-) -> Result<KeyCreatedPage, AdminError> {
+) -> Result<Redirect, AdminError> {
     let role: Role = form.role.parse().map_err(AdminError::bad_request)?;
     let expires_at = match form.expires_in_days.trim() {
         "" => None,
@@ -161,7 +244,8 @@ pub async fn create(
         Some(t) => format!("It expires at {}.", time(t)),
         None => "It does not expire.".into(),
     };
-    Ok(created_page(
+    Ok(reveal_once(
+        &state,
         &ctx,
         "Key created",
         &created.view,
@@ -186,10 +270,11 @@ pub struct RotateForm {
 /// overlap (audited as `key.rotate`).
 pub async fn rotate(
     State(app): State<AppState>,
+    Extension(state): Extension<Arc<AdminState>>,
     ctx: Ctx,
     PagePath(id): PagePath<String>,
     PageForm(form): PageForm<RotateForm>,
-) -> Result<KeyCreatedPage, AdminError> {
+) -> Result<Redirect, AdminError> {
     let id = key_id(&id)?;
     let overlap: u64 = match form.overlap_seconds.trim() {
         "" => app.config.auth.rotation_overlap_seconds,
@@ -202,16 +287,20 @@ pub async fn rotate(
         .rotate(
             &ctx.actor(),
             id,
-            overlap.saturating_mul(1000).min(i64::MAX as u64) as i64,
+            Rotation {
+                overlap_ms: secs_to_ms(overlap),
+                expires_at: None,
+            },
         )
         .await?;
     let note = format!(
         "The old key keeps working for {} more, then expires.",
         seconds(overlap)
     );
-    Ok(created_page(
+    Ok(reveal_once(
+        &state,
         &ctx,
-        "Key rotated",
+        "New key",
         &created.view,
         created.token,
         note,
@@ -224,6 +313,6 @@ pub async fn revoke(
     ctx: Ctx,
     PagePath(id): PagePath<String>,
 ) -> Result<Redirect, AdminError> {
-    app.auth.revoke(&ctx.actor(), key_id(&id)?).await?;
+    app.auth.revoke(&ctx.actor(), key_id(&id)?, false).await?;
     Ok(Redirect::to("/admin/keys?msg=revoked"))
 }

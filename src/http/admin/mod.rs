@@ -37,11 +37,14 @@ use crate::clock::Millis;
 use crate::http::error::ApiError;
 pub use session::AdminSession;
 
-/// State of the dashboard shared by its handlers (in the router's extensions): the chart cache.
+/// State of the dashboard shared by its handlers (in the router's extensions): the chart cache
+/// and the new keys waiting to be shown once.
 #[derive(Default)]
 pub struct AdminState {
     /// Merged metric buckets that can no longer change.
     pub charts: charts::ChartCache,
+    /// New keys waiting for their one-time page.
+    pub reveals: keys::Reveals,
 }
 
 impl AdminState {
@@ -181,6 +184,11 @@ struct ErrorPage {
     reason: &'static str,
     code: &'static str,
     message: String,
+}
+
+/// `GET /`: a browser that opens keel's address lands on the dashboard (307 to `/admin`).
+pub async fn root() -> axum::response::Redirect {
+    axum::response::Redirect::temporary("/admin")
 }
 
 /// `GET /admin/…` that is no page: the dashboard's 404 (a trailing slash goes to the page).
@@ -360,6 +368,12 @@ impl Layout {
             flash,
             ..Layout::base(title.into())
         }
+    }
+
+    /// Whether the caller may submit work: enqueue tasks and trigger cycles (service and up, as
+    /// in the API).
+    pub fn can_submit(&self) -> bool {
+        self.role >= Role::Service
     }
 
     /// Whether the caller may act on work and state (operator or admin).

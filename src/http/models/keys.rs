@@ -171,7 +171,15 @@ pub struct CreateKey {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"overlap_seconds": 3600}))]
 pub struct RotateKey {
-    /// How long the old key keeps working (default: `auth.rotation_overlap_seconds`).
+    /// How long the old key keeps working, at most 2592000 (30 days; default:
+    /// `auth.rotation_overlap_seconds`).
     #[serde(default)]
+    #[schema(maximum = 2592000)]
     pub overlap_seconds: Option<u64>,
+    /// The successor's expiry as an RFC 3339 time (default: the old key's expiry).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The successor's expiry in seconds from now (default: the old key's expiry).
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
 }
