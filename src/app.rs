@@ -22,6 +22,7 @@ use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
 use crate::process::Process;
 use crate::queue::{Maintenance, Queue, QueueError};
+use crate::security::Security;
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervisor::{StepFuture, Supervisor, Worker};
 
@@ -269,6 +270,16 @@ impl App {
             profiles,
         )
         .await?;
+        let security = Arc::new(
+            Security::open(
+                core.config.security.clone(),
+                Arc::clone(&core.clock),
+                Arc::clone(&core.store),
+                Arc::clone(&core.audit),
+                Arc::clone(&core.metrics),
+            )
+            .await?,
+        );
         let Core {
             config,
             clock,
@@ -288,6 +299,7 @@ impl App {
                 supervisor: Arc::new(Supervisor::new(Arc::clone(&clock))),
                 dispatcher,
                 cycles,
+                security,
                 config,
                 clock,
                 store,

@@ -13,6 +13,7 @@ mod hooks;
 pub mod middleware;
 pub mod models;
 pub mod openapi;
+mod security;
 mod state;
 mod tasks;
 
@@ -124,6 +125,8 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/api/v1/governance/resume", R(Operator), post(cycles::governance_resume)),
         route(Method::POST, "/api/v1/governance/namespaces/{ns}/halt", R(Operator), post(cycles::namespace_halt)),
         route(Method::POST, "/api/v1/governance/namespaces/{ns}/resume", R(Operator), post(cycles::namespace_resume)),
+        route(Method::GET, "/api/v1/security/blocks", R(Admin), get(security::blocks_list)),
+        route(Method::DELETE, "/api/v1/security/blocks/{ip}", R(Admin), delete(security::blocks_lift)),
         route(Method::POST, "/hooks/{source}", Public, post(hooks::receive)),
         route(Method::GET, "/api/v1/inbox/sources", R(Viewer), get(hooks::sources)),
         route(Method::GET, "/api/v1/inbox/rejections", R(Operator), get(hooks::rejections)),
@@ -200,6 +203,10 @@ pub fn router(app: AppState) -> Router {
         router = router.layer(cors);
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            middleware::security_gate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             middleware::request_context,

@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 6;
+pub const SCHEMA_VERSION: u64 = 7;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -314,6 +314,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_llm_and_workflow_tables,
     create_admin_session_tables,
     create_cycles_tables,
+    create_security_tables,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -375,6 +376,11 @@ fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::cycles::PROPOSALS)?;
     tx.open_table(tables::cycles::GOVERNANCE)?;
     tx.open_table(tables::cycles::PROFILE_VERSIONS)?;
+    Ok(())
+}
+
+fn create_security_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::security::SECURITY_BLOCKS)?;
     Ok(())
 }
 

@@ -206,3 +206,12 @@ pub mod cycles {
     pub const PROFILE_VERSIONS: TableDefinition<&str, &[u8]> =
         TableDefinition::new("profile_versions_v1");
 }
+
+/// The security room.
+pub mod security {
+    use redb::TableDefinition;
+
+    /// Automatic blocks of client addresses: address (text) → block record.
+    pub const SECURITY_BLOCKS: TableDefinition<&str, &[u8]> =
+        TableDefinition::new("security_blocks_v1");
+}

@@ -17,6 +17,7 @@ mod queue_crash;
 mod receiver;
 mod records;
 mod roles;
+mod security;
 mod support;
 mod tamper;
 mod tidy;

@@ -215,13 +215,16 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A configuration for tests: defaults, the given data dir, an ephemeral port.
+/// A configuration for tests: defaults, the given data dir, an ephemeral port, and the test
+/// client's own address (loopback) allowlisted, so that tests of refused keys are not blocked.
+/// Security tests clear the allowlist, or send `X-Forwarded-For` to appear as other clients.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config {
         data_dir: data_dir.to_path_buf(),
         ..Config::default()
     };
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.security.allowlist = vec!["127.0.0.1".into(), "::1".into()];
     config
 }
 

@@ -21,7 +21,7 @@ use crate::auth::sessions::{MAX_AGE_MS, SessionRecord, hash_token, new_token, we
 use crate::auth::{AuthError, Principal, Role};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::middleware::RequestId;
+use crate::http::middleware::{ClientIp, RequestId};
 use crate::store::StoreError;
 
 /// Name of the session cookie.
@@ -451,9 +451,11 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-/// Checks the key and starts a session.
+/// Checks the key and starts a session. A refused key counts as a failed authentication of the
+/// client's address.
 pub async fn login(
     State(app): State<AppState>,
+    client: Option<axum::Extension<ClientIp>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -499,6 +501,11 @@ pub async fn login(
     let principal = match app.auth.authenticate(key) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(axum::Extension(ClientIp(ip))) = client
+                && let Err(store) = app.security.auth_failed(ip, "sign_in").await
+            {
+                return ApiError::from(store).into_response();
+            }
             let why = match e {
                 AuthError::Expired => "This key has expired.",
                 AuthError::Revoked => "This key was revoked.",

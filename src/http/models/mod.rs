@@ -9,6 +9,7 @@ pub mod budgets;
 pub mod cycles;
 pub mod inbox;
 pub mod keys;
+pub mod security;
 pub mod system;
 pub mod tasks;
 

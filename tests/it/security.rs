@@ -1,0 +1,397 @@
+//! The security engine through the real router: rate limits per key, per address without a
+//! valid key and per webhook source, the client address behind trusted proxies, and the
+//! brute-force auto-block with its durable, listed, liftable and doubling blocks.
+
+use keel::config::{
+    CommandHandlerConfig, Config, HandlerConfig, InboxScheme, InboxSourceConfig, RateLimitConfig,
+    Secret,
+};
+use serde_json::Value;
+
+use crate::admin::{Client, audit_entries, key_id_of};
+use crate::support::{Resp, TestApp, request_with_headers};
+
+const ATTACKER: &str = "203.0.113.7";
+const BYSTANDER: &str = "198.51.100.2";
+
+fn limit(requests: u32, burst: u32) -> RateLimitConfig {
+    RateLimitConfig {
+        requests,
+        per_seconds: 3600,
+        burst,
+    }
+}
+
+/// A GET with a bearer key (or none) sent through a local proxy for `client`.
+fn get_as(app: &TestApp, client: Option<&str>, path: &str, key: Option<&str>) -> Resp {
+    send_as(app, client, "GET", path, key)
+}
+
+fn send_as(
+    app: &TestApp,
+    client: Option<&str>,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+) -> Resp {
+    let bearer = key.map(|k| format!("Bearer {k}"));
+    let mut headers = Vec::new();
+    if let Some(client) = client {
+        headers.push(("x-forwarded-for", client));
+    }
+    if let Some(bearer) = bearer.as_deref() {
+        headers.push(("authorization", bearer));
+    }
+    request_with_headers(&app.base, method, path, &headers, None)
+}
+
+const BAD_KEY: &str = "keel_00000000000000000000000000000000_wrongwrongwrongwrong";
+
+fn blocks(app: &TestApp) -> Vec<Value> {
+    let r = get_as(
+        app,
+        Some(BYSTANDER),
+        "/api/v1/security/blocks",
+        Some(&app.admin_key),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["blocks"].as_array().unwrap().clone()
+}
+
+fn assert_limited(r: &Resp, burst: &str) {
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "Retry-After {retry}");
+    assert_eq!(r.header("ratelimit-limit"), Some(burst));
+    assert_eq!(r.header("ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        r.header("ratelimit-reset"),
+        Some(retry.to_string().as_str())
+    );
+}
+
+#[test]
+fn a_key_over_its_limit_gets_429_and_other_keys_go_on() {
+    let app = TestApp::start_with(|c| {
+        c.security.allowlist.clear();
+        c.security.key_limit = limit(1, 4);
+    });
+    let viewer = app.create_key("viewer");
+    for _ in 0..3 {
+        let r = get_as(&app, None, "/api/v1/system", Some(&app.admin_key));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = get_as(&app, None, "/api/v1/system", Some(&app.admin_key));
+    assert_limited(&r, "4");
+    let r = get_as(&app, None, "/metrics", Some(&viewer));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body
+            .contains("keel_rate_limited_total{route=\"/api/v1/system\"} 1"),
+        "{}",
+        r.body
+    );
+}
+
+#[test]
+fn the_allowlist_is_never_limited_or_blocked() {
+    let app = TestApp::start_with(|c| {
+        c.security.key_limit = limit(1, 2);
+    });
+    for _ in 0..5 {
+        let r = get_as(&app, None, "/api/v1/system", Some(&app.admin_key));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for _ in 0..8 {
+        let r = get_as(&app, None, "/api/v1/system", Some(BAD_KEY));
+        assert_eq!(r.status, 401, "{}", r.body);
+    }
+    assert!(blocks(&app).is_empty());
+}
+
+#[test]
+fn requests_without_a_valid_key_are_limited_per_address() {
+    let app = TestApp::start_with(|c| c.security.unauthenticated_limit = limit(1, 3));
+    for _ in 0..3 {
+        let r = get_as(&app, Some(ATTACKER), "/api/v1/system", None);
+        assert_eq!(r.error_code(), "missing_key");
+    }
+    assert_limited(&get_as(&app, Some(ATTACKER), "/api/v1/system", None), "3");
+    // A valid key from the same address is not such a request; other addresses go on.
+    let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get_as(&app, Some(BYSTANDER), "/api/v1/system", None);
+    assert_eq!(r.error_code(), "missing_key");
+    // Missing keys are no authentication attempt: nothing was blocked.
+    assert!(blocks(&app).is_empty());
+}
+
+#[test]
+fn failed_authentications_block_the_address_durably_until_an_admin_lifts_it() {
+    let app = TestApp::start();
+    for i in 0..5 {
+        let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.body);
+    }
+    let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.error_code(), "ip_blocked");
+    assert_eq!(r.header("retry-after"), Some("600"));
+    // Public routes are refused too; other clients are not.
+    assert_eq!(get_as(&app, Some(ATTACKER), "/health", None).status, 403);
+    assert_eq!(get_as(&app, Some(BYSTANDER), "/health", None).status, 200);
+
+    let listed = blocks(&app);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["ip"], ATTACKER);
+    assert_eq!(listed[0]["source"], "auto");
+    assert_eq!(listed[0]["strikes"], 1);
+    assert_eq!(listed[0]["failures"], 5);
+    let entries = audit_entries(&app);
+    let block = entries
+        .iter()
+        .find(|e| e["action"] == "security.block")
+        .expect("the block is audited");
+    assert_eq!(block["target"], ATTACKER);
+    assert_eq!(block["actor"], "system");
+
+    let r = get_as(&app, Some(BYSTANDER), "/metrics", Some(&app.admin_key));
+    assert!(
+        r.body.contains("keel_security_blocks_active 1"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body
+            .contains("keel_auth_failures_total{reason=\"invalid_key\"} 5"),
+        "{}",
+        r.body
+    );
+
+    // The block survives a restart.
+    let admin_key = app.admin_key.clone();
+    let dir = app.stop();
+    let mut app = TestApp::start_in(dir, |_| {});
+    app.admin_key = admin_key;
+    let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.error_code(), "ip_blocked");
+
+    // Lifting needs admin, is audited with the caller's key, and lets the address in at once.
+    let viewer = app.create_key("viewer");
+    let path = format!("/api/v1/security/blocks/{ATTACKER}");
+    assert_eq!(
+        send_as(&app, None, "DELETE", &path, Some(&viewer)).status,
+        403
+    );
+    let r = send_as(&app, None, "DELETE", &path, Some(&app.admin_key));
+    assert_eq!(r.status, 204, "{}", r.body);
+    let lift = audit_entries(&app)
+        .into_iter()
+        .find(|e| e["action"] == "security.unblock")
+        .expect("the lift is audited");
+    assert_eq!(lift["actor"], key_id_of(&app.admin_key));
+    assert_eq!(lift["target"], ATTACKER);
+    let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(blocks(&app).is_empty());
+
+    let r = send_as(&app, None, "DELETE", &path, Some(&app.admin_key));
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    let r = send_as(
+        &app,
+        None,
+        "DELETE",
+        "/api/v1/security/blocks/not-an-ip",
+        Some(&app.admin_key),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn a_repeated_block_lasts_twice_as_long() {
+    let app = TestApp::start();
+    let fail_five = || {
+        for _ in 0..5 {
+            get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+        }
+    };
+    fail_five();
+    let r = get_as(&app, Some(ATTACKER), "/health", None);
+    assert_eq!(r.header("retry-after"), Some("600"));
+    app.clock.advance_ms(600_000);
+    assert_eq!(get_as(&app, Some(ATTACKER), "/health", None).status, 200);
+    fail_five();
+    let r = get_as(&app, Some(ATTACKER), "/health", None);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("retry-after"), Some("1200"));
+    assert_eq!(blocks(&app)[0]["strikes"], 2);
+}
+
+#[test]
+fn failures_outside_the_window_do_not_add_up() {
+    let app = TestApp::start();
+    for _ in 0..4 {
+        get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    }
+    app.clock.advance_ms(601_000);
+    for _ in 0..4 {
+        get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    }
+    assert_eq!(get_as(&app, Some(ATTACKER), "/health", None).status, 200);
+}
+
+#[test]
+fn a_local_client_without_forwarded_for_is_its_own_client_and_untrusted_headers_are_ignored() {
+    let app = TestApp::start_with(|c| c.security.allowlist.clear());
+    for _ in 0..5 {
+        get_as(&app, None, "/api/v1/system", Some(BAD_KEY));
+    }
+    let r = get_as(&app, None, "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.error_code(), "ip_blocked");
+    // Behind the local proxy, another client is not this one.
+    let r = get_as(
+        &app,
+        Some(BYSTANDER),
+        "/api/v1/system",
+        Some(&app.admin_key),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(blocks(&app)[0]["ip"], "127.0.0.1");
+
+    // Without trusted proxies, X-Forwarded-For names nobody: the peer is the client.
+    let other = TestApp::start_with(|c| {
+        c.security.allowlist.clear();
+        c.security.trusted_proxies.clear();
+    });
+    for i in 0..5 {
+        let spoofed = format!("192.0.2.{i}");
+        get_as(&other, Some(&spoofed), "/api/v1/system", Some(BAD_KEY));
+    }
+    let r = get_as(
+        &other,
+        Some(BYSTANDER),
+        "/api/v1/system",
+        Some(&other.admin_key),
+    );
+    assert_eq!(r.error_code(), "ip_blocked");
+}
+
+#[test]
+fn configured_blocks_are_listed_and_cannot_be_lifted_through_the_api() {
+    let app = TestApp::start_with(|c| c.security.blocked_ips = vec!["203.0.113.0/24".into()]);
+    let r = get_as(&app, Some(ATTACKER), "/api/v1/system", Some(&app.admin_key));
+    assert_eq!(r.error_code(), "ip_blocked");
+    assert!(r.header("retry-after").is_none());
+    let listed = blocks(&app);
+    assert_eq!(listed[0]["ip"], "203.0.113.0/24");
+    assert_eq!(listed[0]["source"], "config");
+    let path = format!("/api/v1/security/blocks/{ATTACKER}");
+    let r = send_as(&app, None, "DELETE", &path, Some(&app.admin_key));
+    assert_eq!((r.status, r.error_code().as_str()), (409, "conflict"));
+}
+
+#[test]
+fn failed_dashboard_sign_ins_block_the_address() {
+    let app = TestApp::start_with(|c| c.security.allowlist.clear());
+    let browser = Client::new(&app.base);
+    for i in 0..5 {
+        let r = browser.try_sign_in(BAD_KEY);
+        assert_eq!(r.status, 401, "attempt {i}: {}", r.body);
+    }
+    let r = browser.get("/admin/login");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let listed = blocks(&app);
+    assert_eq!(listed[0]["ip"], "127.0.0.1");
+    assert_eq!(listed[0]["failures"], 5);
+}
+
+#[test]
+fn sign_in_attempts_are_limited_per_address() {
+    let app = TestApp::start_with(|c| {
+        c.security.allowlist.clear();
+        c.security.unauthenticated_limit = limit(1, 2);
+    });
+    let signed_in = Client::new(&app.base).try_sign_in(&app.admin_key);
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert_eq!(Client::new(&app.base).try_sign_in(BAD_KEY).status, 401);
+    let r = Client::new(&app.base).try_sign_in(&app.admin_key);
+    assert_limited(&r, "2");
+}
+
+fn hook_app(configure: impl FnOnce(&mut Config)) -> TestApp {
+    TestApp::start_with(|c| {
+        c.handlers.insert(
+            "hook-event".into(),
+            HandlerConfig::Command(CommandHandlerConfig {
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                working_dir: None,
+                env_allow: Vec::new(),
+                timeout_seconds: 10,
+                concurrency: None,
+                max_attempts: None,
+            }),
+        );
+        c.inbox.sources.insert(
+            "token".into(),
+            InboxSourceConfig {
+                scheme: InboxScheme::Bearer,
+                secret: Some(Secret::new("inbound-bearer-token-0123456789")),
+                task_type: "hook-event".into(),
+                delivery_id_header: None,
+            },
+        );
+        configure(c);
+    })
+}
+
+fn deliver(app: &TestApp, client: &str, source: &str) -> Resp {
+    request_with_headers(
+        &app.base,
+        "POST",
+        &format!("/hooks/{source}"),
+        &[
+            ("x-forwarded-for", client),
+            ("authorization", "Bearer not-the-token"),
+            ("content-type", "application/json"),
+        ],
+        Some(b"{}"),
+    )
+}
+
+#[test]
+fn webhook_deliveries_are_limited_per_source_and_per_sender() {
+    let app = hook_app(|c| c.security.hook_source_limit = limit(1, 2));
+    assert_eq!(deliver(&app, ATTACKER, "token").status, 401);
+    assert_eq!(deliver(&app, BYSTANDER, "token").status, 401);
+    assert_limited(&deliver(&app, "192.0.2.1", "token"), "2");
+
+    let app = hook_app(|c| c.security.hook_ip_limit = limit(1, 2));
+    assert_eq!(deliver(&app, ATTACKER, "token").status, 401);
+    assert_eq!(deliver(&app, ATTACKER, "token").status, 401);
+    assert_limited(&deliver(&app, ATTACKER, "token"), "2");
+    assert_eq!(deliver(&app, BYSTANDER, "token").status, 401);
+}
+
+#[test]
+fn refused_deliveries_use_up_the_senders_unauthenticated_limit() {
+    let app = hook_app(|c| c.security.unauthenticated_limit = limit(1, 2));
+    for _ in 0..3 {
+        assert_eq!(deliver(&app, ATTACKER, "token").status, 401);
+    }
+    assert_limited(&deliver(&app, ATTACKER, "token"), "2");
+    let refused = app
+        .admin_get("/api/v1/inbox/rejections?source=token")
+        .json();
+    assert_eq!(
+        refused["rejections"].as_array().unwrap().len(),
+        3,
+        "{refused}"
+    );
+    assert_eq!(deliver(&app, BYSTANDER, "token").status, 401);
+}
