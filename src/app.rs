@@ -22,7 +22,7 @@ use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
 use crate::process::Process;
 use crate::queue::{Maintenance, Queue, QueueError};
-use crate::security::Security;
+use crate::security::{Security, SecurityEvents};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervisor::{StepFuture, Supervisor, Worker};
 
@@ -340,6 +340,10 @@ impl App {
             queue: Arc::clone(&self.queue),
             metrics: Arc::clone(&self.metrics),
             last_purge: None,
+        });
+        self.supervisor.spawn(SecurityEvents {
+            security: Arc::clone(&self.security),
+            auth: Arc::clone(&self.auth),
         });
         self.supervisor.spawn(InboxPrune {
             inbox: Arc::clone(&self.inbox),

@@ -36,6 +36,8 @@ pub struct SecurityConfig {
     pub block_seconds: u64,
     /// The longest block, in seconds.
     pub max_block_seconds: u64,
+    /// How long security events are kept, in days.
+    pub event_retention_days: u64,
 }
 
 /// One rate limit: `requests` per `per_seconds` on average, and at most `burst` at once.
@@ -100,6 +102,7 @@ impl Default for SecurityConfig {
             failed_auth_window_seconds: 600,
             block_seconds: 600,
             max_block_seconds: 86_400,
+            event_retention_days: 30,
         }
     }
 }
@@ -215,6 +218,12 @@ impl SecurityConfig {
             86_400,
         )?;
         between("security.block_seconds", self.block_seconds, 1, 86_400)?;
+        between(
+            "security.event_retention_days",
+            self.event_retention_days,
+            1,
+            3650,
+        )?;
         between(
             "security.max_block_seconds",
             self.max_block_seconds,

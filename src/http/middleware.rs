@@ -18,7 +18,7 @@ use super::AppState;
 use super::error::{ApiError, InternalDetail};
 use super::models::{ErrorBody, ErrorObject};
 use crate::auth::{AuthError, Role};
-use crate::security::{Limited, Refusal};
+use crate::security::{EventKind, Limited, Refusal};
 
 /// The request id header, read from the client when sane and always answered.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -152,8 +152,14 @@ fn add_headers(app: &AppState, id: &str, headers: &mut axum::http::HeaderMap) {
 }
 
 /// 429 for a request refused by a rate limit, with `Retry-After` and the `RateLimit-*` headers.
-pub fn rate_limited(app: &AppState, route: &str, what: &str, limited: Limited) -> Response {
-    app.security.count_rate_limited(route);
+pub fn rate_limited(
+    app: &AppState,
+    ip: IpAddr,
+    route: &str,
+    what: &str,
+    limited: Limited,
+) -> Response {
+    app.security.count_rate_limited(route, Some(ip));
     let secs = limited.retry_after_secs();
     let mut response = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -234,11 +240,16 @@ pub async fn security_gate(State(app): State<AppState>, mut req: Request, next: 
         let source = req.uri().path().trim_start_matches("/hooks/");
         let known = app.config.inbox.sources.contains_key(source);
         if let Err(limited) = app.security.limits.check_hook(known.then_some(source), ip) {
-            return rate_limited(&app, &route, "to this webhook", limited);
+            return rate_limited(&app, ip, &route, "to this webhook", limited);
         }
+        let source = source.to_string();
         let response = next.run(req).await;
         if response.status().is_client_error() {
             app.security.limits.hook_refused(ip);
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            app.security
+                .record_ip_event(EventKind::SignatureRejected, ip, &source);
         }
         return response;
     }
@@ -248,6 +259,7 @@ pub async fn security_gate(State(app): State<AppState>, mut req: Request, next: 
     {
         return rate_limited(
             &app,
+            ip,
             &route,
             "from this address without a valid key",
             limited,
@@ -317,10 +329,10 @@ pub async fn require_role(
     match principal {
         Ok(p) => {
             tracing::Span::current().record("key_id", tracing::field::display(p.key_id));
-            if client.is_some_and(|(_, exempt)| !exempt)
+            if let Some((ip, false)) = client
                 && let Err(limited) = app.security.limits.check_key(p.key_id)
             {
-                return rate_limited(&app, &route(), "with this API key", limited);
+                return rate_limited(&app, ip, &route(), "with this API key", limited);
             }
             req.extensions_mut().insert(p);
             next.run(req).await
@@ -330,6 +342,7 @@ pub async fn require_role(
                 if !exempt && let Err(limited) = app.security.limits.check_unauthenticated(ip) {
                     return rate_limited(
                         &app,
+                        ip,
                         &route(),
                         "from this address without a valid key",
                         limited,

@@ -56,7 +56,7 @@ use crate::auth::Role;
         cycles::governance_get, cycles::governance_pause, cycles::governance_resume,
         cycles::namespace_halt, cycles::namespace_resume,
         hooks::receive, hooks::sources, hooks::rejections,
-        security::blocks_list, security::blocks_lift,
+        security::blocks_list, security::blocks_lift, security::events_list,
     ),
     components(schemas(
         ErrorBody,
@@ -80,7 +80,7 @@ use crate::auth::Role;
         (name = "advice", description = "Advisory signals and strategy proposals"),
         (name = "governance", description = "Pausing cycles and halting namespaces"),
         (name = "inbox", description = "Inbound webhooks"),
-        (name = "security", description = "Blocked client addresses"),
+        (name = "security", description = "Blocked client addresses and security events"),
     ),
 )]
 struct ApiDoc;

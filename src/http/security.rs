@@ -1,16 +1,19 @@
 //! The security engine over HTTP: `GET /api/v1/security/blocks` lists the blocked client
-//! addresses and `DELETE /api/v1/security/blocks/{ip}` lifts an automatic block (audited).
+//! addresses, `DELETE /api/v1/security/blocks/{ip}` lifts an automatic block (audited), and
+//! `GET /api/v1/security/events` lists the security events.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiPath, Caller};
+use super::extract::{ApiPath, ApiQuery, Caller};
 use super::models::ErrorBody;
-use super::models::security::{Block, BlockList};
-use crate::security::LiftError;
+use super::models::security::{Block, BlockList, SecurityEvent, SecurityEvents};
+use crate::security::{EventKind, LiftError};
 
 impl From<LiftError> for ApiError {
     fn from(e: LiftError) -> Self {
@@ -63,4 +66,50 @@ pub(super) async fn blocks_lift(
 ) -> Result<StatusCode, ApiError> {
     app.security.lift(&principal.actor(), &ip).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct EventsQuery {
+    /// Only events of this kind: `auth_failure`, `block`, `rate_limited`,
+    /// `signature_rejected` or `key_expiring`.
+    kind: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Lists security events, newest minute first.
+///
+/// Events are counted per minute, kind and subject (a client address, or a key id for
+/// `key_expiring`), so a flood of refused requests is one row a minute per address.
+#[utoipa::path(get, path = "/api/v1/security/events", tag = "security",
+    operation_id = "security_events_list", params(EventsQuery),
+    responses(
+        (status = 200, description = "Security events, newest minute first", body = SecurityEvents),
+        (status = 400, description = "`kind` unknown or `limit` out of range", body = ErrorBody),
+    ))]
+pub(super) async fn events_list(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Json<SecurityEvents>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit: must be between 1 and 1000, got {limit}"
+        )));
+    }
+    let kind = match q.kind.as_deref().filter(|k| !k.is_empty()) {
+        None => None,
+        Some(name) => Some(EventKind::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "kind: must be one of auth_failure, block, rate_limited, signature_rejected, key_expiring; got {name:?}"
+            ))
+        })?),
+    };
+    let rows = app.security.events(kind, limit).await?;
+    Ok(Json(SecurityEvents {
+        events: rows.iter().map(SecurityEvent::from).collect(),
+    }))
 }

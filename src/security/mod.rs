@@ -7,6 +7,7 @@
 //! to is written to the store with its audit entry, so it survives a restart. Blocks are kept in
 //! memory as well, so checking one never reads the store.
 
+pub mod events;
 pub mod limits;
 pub mod model;
 mod tables;
@@ -20,8 +21,10 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::{IpRange, SecurityConfig, canonical_ip};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+pub use events::{EventKind, SecurityEvents};
 pub use limits::{Limited, RateLimits};
 pub use model::BlockRecord;
+pub use tables::EventRow;
 use tables::{SecurityRead, SecurityWrite};
 
 /// How long an ended block is remembered, so that the next one lasts twice as long.
@@ -81,6 +84,7 @@ pub struct Security {
     pub limits: RateLimits,
     failures: Mutex<HashMap<IpAddr, VecDeque<Millis>>>,
     blocks: RwLock<HashMap<IpAddr, BlockRecord>>,
+    pending: Mutex<events::Pending>,
 }
 
 impl Security {
@@ -111,6 +115,7 @@ impl Security {
             metrics,
             failures: Mutex::new(HashMap::new()),
             blocks: RwLock::new(blocks),
+            pending: Mutex::new(events::Pending::default()),
         };
         security.publish_active_blocks();
         Ok(security)
@@ -170,6 +175,7 @@ impl Security {
                 &[("reason", reason)],
             )
             .inc();
+        self.record_ip_event(EventKind::AuthFailure, ip, reason);
         if self.exempt(ip) {
             return Ok(false);
         }
@@ -238,6 +244,13 @@ impl Security {
                 .await?;
         tracing::warn!(ip = %ip, until_ms = record.until, strikes = record.strikes,
             "blocked a client address after failed authentications");
+        let detail = format!(
+            "blocked for {} s after {} failed authentications (strike {})",
+            (record.until - record.blocked_at) / 1000,
+            record.failures,
+            record.strikes
+        );
+        self.record_ip_event(EventKind::Block, ip, &detail);
         self.blocks
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -312,8 +325,11 @@ impl Security {
         out
     }
 
-    /// Counts a request refused by a rate limit on `route`.
-    pub fn count_rate_limited(&self, route: &str) {
+    /// Counts a request from `ip` refused by a rate limit on `route`.
+    pub fn count_rate_limited(&self, route: &str, ip: Option<IpAddr>) {
+        if let Some(ip) = ip {
+            self.record_ip_event(EventKind::RateLimited, ip, route);
+        }
         self.metrics
             .counter(
                 "keel_rate_limited_total",

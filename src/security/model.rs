@@ -29,3 +29,20 @@ impl BlockRecord {
         now < self.until
     }
 }
+
+/// Security events of one kind about one subject within one minute, counted together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// How many happened.
+    pub count: u64,
+    /// The first one.
+    pub first_at: Millis,
+    /// The last one.
+    pub last_at: Millis,
+    /// What the last one was about (a reason, route, source or key name; never a secret).
+    pub detail: String,
+}
+
+impl Record for EventRecord {
+    const VERSION: u8 = 1;
+}

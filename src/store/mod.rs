@@ -381,6 +381,7 @@ fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
 
 fn create_security_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::security::SECURITY_BLOCKS)?;
+    tx.open_table(tables::security::SECURITY_EVENTS)?;
     Ok(())
 }
 

@@ -214,4 +214,8 @@ pub mod security {
     /// Automatic blocks of client addresses: address (text) → block record.
     pub const SECURITY_BLOCKS: TableDefinition<&str, &[u8]> =
         TableDefinition::new("security_blocks_v1");
+
+    /// Security events counted per minute: (minute start ms, kind, subject) → event record.
+    pub const SECURITY_EVENTS: TableDefinition<(i64, &str, &str), &[u8]> =
+        TableDefinition::new("security_events_v1");
 }

@@ -600,7 +600,7 @@ fn every_page_renders_for_its_role_and_is_refused_below() {
     let task = dead_letter(&app);
     let clients = clients(&app);
     let table = pages(&task);
-    assert_eq!(table.len(), 11, "{table:?}");
+    assert_eq!(table.len(), 12, "{table:?}");
     for (path, needed) in &table {
         for (role, _, c) in &clients {
             let r = c.get(path);
@@ -777,6 +777,7 @@ fn every_form_post_needs_the_session_csrf_token() {
                 .replace("{name}", "nothing")
                 .replace("{provider}", "acme")
                 .replace("{ns}", "nothing")
+                .replace("{ip}", "203.0.113.9")
         })
         .collect();
     assert!(posts.len() >= 10, "{posts:?}");

@@ -395,3 +395,145 @@ fn refused_deliveries_use_up_the_senders_unauthenticated_limit() {
     );
     assert_eq!(deliver(&app, BYSTANDER, "token").status, 401);
 }
+
+fn events(app: &TestApp, query: &str) -> Vec<Value> {
+    let r = get_as(
+        app,
+        Some(BYSTANDER),
+        &format!("/api/v1/security/events{query}"),
+        Some(&app.admin_key),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn security_events_are_counted_per_minute_kind_and_subject() {
+    let app = hook_app(|c| c.security.key_limit = limit(1, 30));
+    for _ in 0..3 {
+        get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    }
+    let failures = events(&app, "?kind=auth_failure");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0]["subject"], ATTACKER);
+    assert_eq!(failures[0]["count"], 3);
+    assert_eq!(failures[0]["detail"], "invalid_key");
+    assert_eq!(failures[0]["minute"], "2026-01-01T00:00:00.000Z");
+
+    // Two more: the block, and the failures of the same minute added to the stored row.
+    for _ in 0..2 {
+        get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    }
+    assert_eq!(events(&app, "?kind=auth_failure")[0]["count"], 5);
+    let blocked = events(&app, "?kind=block");
+    assert_eq!(blocked[0]["subject"], ATTACKER);
+    assert!(
+        blocked[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("blocked for 600 s after 5 failed authentications"),
+        "{blocked:?}"
+    );
+
+    assert_eq!(deliver(&app, BYSTANDER, "token").status, 401);
+    let rejected = events(&app, "?kind=signature_rejected");
+    assert_eq!(rejected[0]["subject"], BYSTANDER);
+    assert_eq!(rejected[0]["detail"], "token");
+
+    // A new minute is a new row; the rate limit's refusals name their route.
+    app.clock.advance_ms(60_000);
+    let viewer = app.create_key("viewer");
+    let limited = (0..40)
+        .map(|_| get_as(&app, Some("192.0.2.50"), "/api/v1/system", Some(&viewer)))
+        .filter(|r| r.status == 429)
+        .count();
+    assert!(limited > 0);
+    let rows = events(&app, "?kind=rate_limited");
+    assert_eq!(rows[0]["subject"], "192.0.2.50");
+    assert_eq!(rows[0]["count"], limited as u64);
+    assert_eq!(rows[0]["detail"], "/api/v1/system");
+    assert_eq!(rows[0]["minute"], "2026-01-01T00:01:00.000Z");
+    assert_eq!(events(&app, "?limit=1").len(), 1);
+
+    for bad in ["?kind=nope", "?limit=0", "?limit=1001", "?colour=red"] {
+        let r = get_as(
+            &app,
+            Some(BYSTANDER),
+            &format!("/api/v1/security/events{bad}"),
+            Some(&app.admin_key),
+        );
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    // Rows older than the retention are pruned.
+    app.clock.advance_ms(31 * 86_400_000);
+    get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    let left = events(&app, "");
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[test]
+fn keys_expiring_within_14_days_are_announced_once() {
+    let app = TestApp::start();
+    let (soon, _) = app.create_key_with(&serde_json::json!({
+        "name": "soon", "role": "viewer", "expires_in_seconds": 13 * 86_400
+    }));
+    app.create_key_with(&serde_json::json!({
+        "name": "later", "role": "viewer", "expires_in_seconds": 15 * 86_400
+    }));
+    let rows = crate::support::poll_until("the expiry notice", || {
+        let rows = events(&app, "?kind=key_expiring");
+        if rows.is_empty() {
+            Err("no notice yet".to_string())
+        } else {
+            Ok(rows)
+        }
+    });
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["subject"], soon);
+    assert_eq!(rows[0]["count"], 1);
+    assert!(
+        rows[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("key \"soon\" expires at"),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn the_security_page_lists_blocks_and_lifts_one_through_its_form() {
+    let app = TestApp::start();
+    for _ in 0..5 {
+        get_as(&app, Some(ATTACKER), "/api/v1/system", Some(BAD_KEY));
+    }
+    let admin = Client::sign_in(&app.base, &app.admin_key);
+    let page = admin.get("/admin/security");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(ATTACKER), "{}", page.body);
+    assert!(page.body.contains("auth_failure"), "{}", page.body);
+    let action = format!("/admin/security/blocks/{ATTACKER}/lift");
+    assert!(page.body.contains(&action), "{}", page.body);
+
+    let operator = Client::sign_in(&app.base, &app.create_key("operator"));
+    assert_eq!(operator.get("/admin/security").status, 403);
+    assert_eq!(operator.post(&action, &[]).status, 403);
+    assert_eq!(blocks(&app).len(), 1);
+
+    let r = admin.post(&action, &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/admin/security?msg=unblocked"));
+    assert!(blocks(&app).is_empty());
+    let lift = audit_entries(&app)
+        .into_iter()
+        .find(|e| e["action"] == "security.unblock")
+        .expect("audited");
+    assert_eq!(lift["actor"], key_id_of(&app.admin_key));
+    let page = admin.get("/admin/security?msg=unblocked");
+    assert!(page.body.contains("Block lifted."), "{}", page.body);
+    assert!(
+        page.body.contains("No address is blocked."),
+        "{}",
+        page.body
+    );
+}

@@ -17,6 +17,7 @@ pub mod cycles;
 pub mod dlq;
 pub mod keys;
 pub mod overview;
+pub mod security;
 pub mod session;
 pub mod settings;
 pub mod tasks;
@@ -146,6 +147,7 @@ via_api_error!(
     crate::exec::circuit::CircuitError,
     crate::budget::BudgetError,
     crate::cycles::CyclesError,
+    crate::security::LiftError,
     QueryRejection,
     PathRejection
 );
@@ -268,6 +270,7 @@ fn flash_message(code: &str) -> Option<&'static str> {
         "resumed" => "Cycles resumed.",
         "halted" => "Namespace halted.",
         "namespace_resumed" => "Namespace resumed.",
+        "unblocked" => "Block lifted.",
         _ => return None,
     })
 }
@@ -408,6 +411,11 @@ impl Layout {
                 href: "/admin/keys",
                 label: "Keys",
                 id: "keys",
+            });
+            items.push(NavItem {
+                href: "/admin/security",
+                label: "Security",
+                id: "security",
             });
         }
         if self.can_operate() {
