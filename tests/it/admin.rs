@@ -934,7 +934,7 @@ fn no_secret_reaches_any_page() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 13);
+    assert_eq!(seen, 14);
     let settings = admin.get("/admin/settings").body;
     assert!(
         settings.contains("***") && settings.contains("[handlers.hook]"),
