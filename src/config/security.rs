@@ -28,6 +28,8 @@ pub struct SecurityConfig {
     pub hook_source_limit: RateLimitConfig,
     /// Webhook deliveries per client address.
     pub hook_ip_limit: RateLimitConfig,
+    /// Dashboard sign-ins (new sessions) per API key.
+    pub session_limit: RateLimitConfig,
     /// Failed authentications from one address, within the window, that block it.
     pub failed_auth_limit: u32,
     /// The window failed authentications are counted in, in seconds.
@@ -98,6 +100,7 @@ impl Default for SecurityConfig {
             unauthenticated_limit: RateLimitConfig::new(1000, 900, 1000),
             hook_source_limit: RateLimitConfig::new(1000, 1, 2000),
             hook_ip_limit: RateLimitConfig::new(1000, 1, 2000),
+            session_limit: RateLimitConfig::new(60, 3600, 20),
             failed_auth_limit: 5,
             failed_auth_window_seconds: 600,
             block_seconds: 600,
@@ -205,6 +208,7 @@ impl SecurityConfig {
         self.hook_source_limit
             .validate("security.hook_source_limit")?;
         self.hook_ip_limit.validate("security.hook_ip_limit")?;
+        self.session_limit.validate("security.session_limit")?;
         between(
             "security.failed_auth_limit",
             u64::from(self.failed_auth_limit),

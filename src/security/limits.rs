@@ -1,5 +1,5 @@
 //! Rate limits: one GCRA limiter (the `governor` crate) per kind of caller — API keys, client
-//! addresses without a valid key, webhook sources and webhook senders — with the numbers a
+//! addresses without a valid key, webhook sources and senders, sign-ins per key — with the numbers a
 //! refused request answers in its `Retry-After` and `RateLimit-*` headers.
 
 use std::collections::HashMap;
@@ -82,6 +82,7 @@ pub struct RateLimits {
     unauthenticated: Limiter<IpAddr>,
     hook_sources: Limiter<String>,
     hook_senders: Limiter<IpAddr>,
+    sessions: Limiter<Uuid>,
     /// Senders whose refused deliveries used up the unauthenticated limit: until when further
     /// deliveries are refused before they run.
     hook_cooldowns: Mutex<HashMap<IpAddr, Instant>>,
@@ -95,6 +96,7 @@ impl RateLimits {
             unauthenticated: Limiter::new(&config.unauthenticated_limit),
             hook_sources: Limiter::new(&config.hook_source_limit),
             hook_senders: Limiter::new(&config.hook_ip_limit),
+            sessions: Limiter::new(&config.session_limit),
             hook_cooldowns: Mutex::new(HashMap::new()),
         }
     }
@@ -102,6 +104,11 @@ impl RateLimits {
     /// Counts a request by API key `key`.
     pub fn check_key(&self, key: Uuid) -> Result<(), Limited> {
         self.keys.check(&key)
+    }
+
+    /// Counts a dashboard sign-in (a new session) with API key `key`.
+    pub fn check_session(&self, key: Uuid) -> Result<(), Limited> {
+        self.sessions.check(&key)
     }
 
     /// Counts a request without a valid key from `ip`.

@@ -379,9 +379,13 @@ fn create_cycles_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The security room's tables, and the index of dashboard sessions by key. Sessions signed in
+/// before this version are not in the index: they keep working and end by themselves (an ended
+/// session is deleted when it is next presented).
 fn create_security_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::security::SECURITY_BLOCKS)?;
     tx.open_table(tables::security::SECURITY_EVENTS)?;
+    tx.open_table(tables::auth::ADMIN_SESSIONS_BY_KEY)?;
     Ok(())
 }
 

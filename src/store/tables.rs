@@ -40,6 +40,10 @@ pub mod auth {
     /// Dashboard sign-in sessions: blake3 hash of the session token (32 bytes) → session record.
     pub const ADMIN_SESSIONS: TableDefinition<&[u8], &[u8]> =
         TableDefinition::new("admin_sessions_v1");
+
+    /// Dashboard sessions by key: (key id, token hash) → created at (ms).
+    pub const ADMIN_SESSIONS_BY_KEY: TableDefinition<(u128, &[u8]), i64> =
+        TableDefinition::new("admin_sessions_by_key_v1");
 }
 
 /// The metrics room: persisted histogram snapshots.

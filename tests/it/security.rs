@@ -537,3 +537,46 @@ fn the_security_page_lists_blocks_and_lifts_one_through_its_form() {
         page.body
     );
 }
+
+#[test]
+fn sign_ins_are_limited_per_key() {
+    let app = TestApp::start_with(|c| c.security.session_limit = limit(1, 2));
+    let other = app.create_key("viewer");
+    for _ in 0..2 {
+        let r = Client::new(&app.base).try_sign_in(&app.admin_key);
+        assert_eq!(r.status, 303, "{}", r.body);
+    }
+    let r = Client::new(&app.base).try_sign_in(&app.admin_key);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("signed in too often"), "{}", r.body);
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("ratelimit-limit"), Some("2"));
+    assert!(Client::new(&app.base).try_sign_in(&app.admin_key).status == 429);
+    assert_eq!(Client::new(&app.base).try_sign_in(&other).status, 303);
+}
+
+#[test]
+fn a_key_keeps_at_most_16_sessions_and_the_oldest_ends() {
+    let app = TestApp::start();
+    let first = Client::sign_in(&app.base, &app.admin_key);
+    let mut later = Vec::new();
+    for _ in 0..15 {
+        app.clock.advance_ms(1000);
+        later.push(Client::sign_in(&app.base, &app.admin_key));
+    }
+    assert_eq!(first.get("/admin").status, 200);
+    app.clock.advance_ms(1000);
+    let newest = Client::sign_in(&app.base, &app.admin_key);
+    let r = first.get("/admin");
+    assert_eq!(r.status, 303, "the oldest session ended: {}", r.body);
+    for c in later.iter().chain([&newest]) {
+        assert_eq!(c.get("/admin").status, 200);
+    }
+    // After the idle timeout every session has ended, and signing in again works.
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
+    app.clock.advance_ms(9 * 3600 * 1000);
+    let fresh = Client::sign_in(&app.base, &app.admin_key);
+    assert_eq!(fresh.get("/admin").status, 200);
+    assert_eq!(later[0].get("/admin").status, 303);
+    assert_eq!(viewer.get("/admin").status, 303);
+}

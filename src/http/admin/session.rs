@@ -521,6 +521,27 @@ pub async fn login(
             );
         }
     };
+    if let Err(limited) = app.security.limits.check_session(principal.key_id) {
+        let ip = client.map(|axum::Extension(ClientIp(ip))| ip);
+        app.security.count_rate_limited("/admin/login", ip);
+        let secs = limited.retry_after_secs();
+        let mut response = login_response(
+            &app,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            None,
+            Some(format!(
+                "This key signed in too often; try again in {secs} s."
+            )),
+        );
+        let out = response.headers_mut();
+        out.insert(header::RETRY_AFTER, secs.into());
+        out.insert("ratelimit-limit", limited.limit.into());
+        out.insert("ratelimit-remaining", 0u32.into());
+        out.insert("ratelimit-reset", secs.into());
+        return response;
+    }
     let token = match app.auth.create_session(&principal).await {
         Ok(t) => t,
         Err(e) => return ApiError::from(e).into_response(),
