@@ -40,6 +40,12 @@ pub struct SecurityConfig {
     pub max_block_seconds: u64,
     /// How long security events are kept, in days.
     pub event_retention_days: u64,
+    /// Server-Sent Event streams open at once per API key.
+    pub max_streams_per_key: usize,
+    /// Server-Sent Event streams open at once in all.
+    pub max_streams: usize,
+    /// How long a task stream stays open while its task waits (queued or retrying), in seconds.
+    pub stream_waiting_timeout_seconds: u64,
 }
 
 /// One rate limit: `requests` per `per_seconds` on average, and at most `burst` at once.
@@ -106,6 +112,9 @@ impl Default for SecurityConfig {
             block_seconds: 600,
             max_block_seconds: 86_400,
             event_retention_days: 30,
+            max_streams_per_key: 16,
+            max_streams: 256,
+            stream_waiting_timeout_seconds: 3600,
         }
     }
 }
@@ -193,6 +202,11 @@ impl SecurityConfig {
         parse_ranges("security.trusted_proxies", &self.trusted_proxies).unwrap_or_default()
     }
 
+    /// `stream_waiting_timeout_seconds` as a duration.
+    pub fn stream_waiting_timeout(&self) -> Duration {
+        Duration::from_secs(self.stream_waiting_timeout_seconds)
+    }
+
     /// `failed_auth_window_seconds` as a duration.
     pub fn failed_auth_window(&self) -> Duration {
         Duration::from_secs(self.failed_auth_window_seconds)
@@ -222,6 +236,24 @@ impl SecurityConfig {
             86_400,
         )?;
         between("security.block_seconds", self.block_seconds, 1, 86_400)?;
+        between(
+            "security.max_streams_per_key",
+            self.max_streams_per_key as u64,
+            1,
+            10_000,
+        )?;
+        between(
+            "security.max_streams",
+            self.max_streams as u64,
+            self.max_streams_per_key as u64,
+            100_000,
+        )?;
+        between(
+            "security.stream_waiting_timeout_seconds",
+            self.stream_waiting_timeout_seconds,
+            1,
+            7 * 86_400,
+        )?;
         between(
             "security.event_retention_days",
             self.event_retention_days,

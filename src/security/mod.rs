@@ -1,7 +1,8 @@
 //! The security engine: who the client is (the peer, or `X-Forwarded-For` from a trusted proxy),
 //! rate limits per API key, per client address and per webhook source (`limits`), allowlists and
 //! configured blocks, and the brute-force auto-block: too many failed authentications from one
-//! address block it for a while, doubling on each repeat.
+//! address block it for a while, doubling on each repeat; security events (`events`); and the
+//! slots of Server-Sent Event streams (`streams`).
 //!
 //! Failed authentications are counted in memory (a flood writes nothing); the block they lead
 //! to is written to the store with its audit entry, so it survives a restart. Blocks are kept in
@@ -10,6 +11,7 @@
 pub mod events;
 pub mod limits;
 pub mod model;
+pub mod streams;
 mod tables;
 
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +26,7 @@ use crate::store::{Store, StoreError};
 pub use events::{EventKind, SecurityEvents};
 pub use limits::{Limited, RateLimits};
 pub use model::BlockRecord;
+pub use streams::{StreamPermit, StreamRefusal, StreamSlots};
 pub use tables::EventRow;
 use tables::{SecurityRead, SecurityWrite};
 
@@ -82,6 +85,8 @@ pub struct Security {
     metrics: Arc<Metrics>,
     /// The rate limiters.
     pub limits: RateLimits,
+    /// Slots of Server-Sent Event streams.
+    pub streams: StreamSlots,
     failures: Mutex<HashMap<IpAddr, VecDeque<Millis>>>,
     blocks: RwLock<HashMap<IpAddr, BlockRecord>>,
     pending: Mutex<events::Pending>,
@@ -108,6 +113,7 @@ impl Security {
             blocked: config.blocked_ranges(),
             trusted_proxies: config.trusted_proxy_ranges(),
             limits: RateLimits::new(&config),
+            streams: StreamSlots::new(config.max_streams_per_key, config.max_streams),
             config,
             clock,
             store,

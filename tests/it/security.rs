@@ -580,3 +580,70 @@ fn a_key_keeps_at_most_16_sessions_and_the_oldest_ends() {
     assert_eq!(later[0].get("/admin").status, 303);
     assert_eq!(viewer.get("/admin").status, 303);
 }
+
+fn waiting_task(app: &TestApp) -> String {
+    let r = app.post_json(
+        "/api/v1/tasks",
+        Some(&app.admin_key),
+        &serde_json::json!({"type": "hook-event", "payload": {}, "run_at": "2026-01-02T00:00:00Z"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+fn open_stream(app: &TestApp, task: &str, key: &str) -> ureq::http::Response<ureq::Body> {
+    let req = ureq::http::Request::builder()
+        .uri(format!("{}/api/v1/stream/{task}", app.base))
+        .header("authorization", format!("Bearer {key}"))
+        .body(())
+        .unwrap();
+    crate::support::agent().run(req).expect("stream request")
+}
+
+#[test]
+fn streams_are_capped_per_key_and_in_all() {
+    let app = hook_app(|c| {
+        c.security.max_streams_per_key = 2;
+        c.security.max_streams = 3;
+    });
+    let task = waiting_task(&app);
+    let viewer = app.create_key("viewer");
+    let other = app.create_key("viewer");
+    let first = open_stream(&app, &task, &app.admin_key);
+    let _second = open_stream(&app, &task, &app.admin_key);
+    assert_eq!(first.status(), 200);
+    let r = app.get(&format!("/api/v1/stream/{task}"), Some(&app.admin_key));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (429, "too_many_streams")
+    );
+    let _third = open_stream(&app, &task, &viewer);
+    let r = app.get(&format!("/api/v1/stream/{task}"), Some(&other));
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (503, "streams_exhausted")
+    );
+    // A closed stream frees its slot.
+    drop(first);
+    let reopened = crate::support::poll_until("a freed stream slot", || {
+        let r = open_stream(&app, &task, &other);
+        if r.status() == 200 {
+            Ok(r)
+        } else {
+            Err(format!("status {}", r.status()))
+        }
+    });
+    assert_eq!(reopened.status(), 200);
+}
+
+#[test]
+fn a_stream_of_a_task_that_keeps_waiting_ends_with_idle() {
+    let app = hook_app(|c| c.security.stream_waiting_timeout_seconds = 1);
+    let task = waiting_task(&app);
+    let mut stream = open_stream(&app, &task, &app.admin_key);
+    assert_eq!(stream.status(), 200);
+    let body = stream.body_mut().read_to_string().expect("the stream ends");
+    assert!(body.contains("event: status"), "{body}");
+    assert!(body.contains("event: idle"), "{body}");
+    assert!(body.contains("\"status\":\"queued\""), "{body}");
+}

@@ -354,6 +354,7 @@ pub async fn require_session_layer(
     {
         return ApiError::from(e).into_response();
     }
+    req.extensions_mut().insert(session.principal.clone());
     req.extensions_mut().insert(session.clone());
     let response = next.run(req).await;
     let mut response = response.with_layout(&session, &request_id);
