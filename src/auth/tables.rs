@@ -21,6 +21,10 @@ pub struct AuthTables<K, S, I> {
     pub sessions_by_key: I,
 }
 
+/// A session found through the index by key: its token hash, and its record (none when it is
+/// no longer stored or cannot be read).
+pub type KeySession = (Vec<u8>, Option<SessionRecord>);
+
 /// The auth tables of a read transaction.
 pub type AuthRead = AuthTables<
     ReadOnlyTable<u128, &'static [u8]>,
@@ -111,10 +115,7 @@ where
 {
     /// The sessions of `key_id` from the index, oldest first: token hash and the session record
     /// (none when it is no longer stored or cannot be read).
-    pub fn key_sessions(
-        &self,
-        key_id: Uuid,
-    ) -> Result<Vec<(Vec<u8>, Option<SessionRecord>)>, StoreError> {
+    pub fn key_sessions(&self, key_id: Uuid) -> Result<Vec<KeySession>, StoreError> {
         let id = key_id.as_u128();
         let upper = [0xffu8; 33];
         let mut found = Vec::new();
