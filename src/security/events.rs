@@ -163,8 +163,8 @@ impl Security {
     }
 }
 
-/// Writes the counted security events every few seconds (and once more on shutdown), and
-/// announces API keys about to expire.
+/// Writes the counted security events every few seconds (and once more on shutdown), announces
+/// API keys about to expire, and keeps `keel_security_blocks_active` current as blocks end.
 pub struct SecurityEvents {
     /// The engine.
     pub security: Arc<Security>,
@@ -182,6 +182,7 @@ impl Worker for SecurityEvents {
     fn step(&mut self) -> StepFuture<'_> {
         Box::pin(async move {
             self.security.announce_expiring_keys(&self.auth);
+            self.security.publish_active_blocks();
             self.security
                 .flush_events()
                 .await
