@@ -22,6 +22,7 @@ use crate::metrics::history::SnapshotWorker;
 use crate::metrics::{Metrics, Unit};
 use crate::process::Process;
 use crate::queue::{Maintenance, Queue, QueueError};
+use crate::security::{Security, SecurityEvents};
 use crate::store::{Store, StoreError, StoreOptions};
 use crate::supervisor::{StepFuture, Supervisor, Worker};
 
@@ -279,6 +280,16 @@ impl App {
             profiles,
         )
         .await?;
+        let security = Arc::new(
+            Security::open(
+                core.config.security.clone(),
+                Arc::clone(&core.clock),
+                Arc::clone(&core.store),
+                Arc::clone(&core.audit),
+                Arc::clone(&core.metrics),
+            )
+            .await?,
+        );
         let Core {
             config,
             clock,
@@ -298,6 +309,7 @@ impl App {
                 supervisor: Arc::new(Supervisor::new(Arc::clone(&clock))),
                 dispatcher,
                 cycles,
+                security,
                 config,
                 clock,
                 store,
@@ -337,6 +349,10 @@ impl App {
         self.supervisor.spawn(Maintenance {
             queue: Arc::clone(&self.queue),
             metrics: Arc::clone(&self.metrics),
+        });
+        self.supervisor.spawn(SecurityEvents {
+            security: Arc::clone(&self.security),
+            auth: Arc::clone(&self.auth),
         });
         self.supervisor.spawn(CycleWorker {
             cycles: Arc::clone(&self.cycles),

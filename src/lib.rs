@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod process;
 pub mod queue;
 pub mod schedule;
+pub mod security;
 pub mod store;
 pub mod supervisor;
 pub mod template;

@@ -19,6 +19,9 @@ use crate::store::StoreError;
 /// `last_seen_at` is written at most this often.
 const TOUCH_EVERY_MS: i64 = 60 * 1000;
 
+/// Live sessions one key may have; signing in once more ends the oldest.
+pub const MAX_SESSIONS_PER_KEY: usize = 16;
+
 /// The store key of a session token: its blake3 hash.
 pub fn hash_token(token: &str) -> [u8; 32] {
     *blake3::hash(token.as_bytes()).as_bytes()
@@ -38,8 +41,10 @@ pub fn well_formed(token: &str) -> bool {
 }
 
 impl Auth {
-    /// Creates a session for `principal` (pruning ended ones in the same write) and audits the
-    /// sign-in; returns the session token for the cookie.
+    /// Creates a session for `principal` and audits the sign-in; returns the session token for
+    /// the cookie. In the same write, the key's ended sessions are deleted (found through the
+    /// index by key, never by reading every session), and beyond [`MAX_SESSIONS_PER_KEY`] live
+    /// ones the oldest end.
     pub async fn create_session(&self, principal: &Principal) -> Result<String, AuthError> {
         let token = new_token();
         let hash = hash_token(&token);
@@ -60,8 +65,20 @@ impl Auth {
         self.store
             .write(move |tx| -> Result<(), StoreError> {
                 let mut tables = AuthWrite::open(tx)?;
-                for ended in tables.ended_sessions(now)? {
-                    tables.remove_session(&ended)?;
+                let mut live = Vec::new();
+                for (old, session) in tables.key_sessions(record.key_id)? {
+                    match session {
+                        Some(s) if !s.expired(now) => live.push(old),
+                        Some(_) => tables.remove_session(&old)?,
+                        None => {
+                            tables.remove_session(&old)?;
+                            tables.remove_session_index(record.key_id, &old)?;
+                        }
+                    }
+                }
+                let excess = (live.len() + 1).saturating_sub(MAX_SESSIONS_PER_KEY);
+                for old in &live[..excess] {
+                    tables.remove_session(old)?;
                 }
                 tables.put_session(&hash, &record)?;
                 drop(tables);

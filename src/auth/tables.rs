@@ -8,23 +8,36 @@ use super::KeyRecord;
 use super::model::SessionRecord;
 use crate::store::StoreError;
 use crate::store::codec;
-use crate::store::tables::auth::{ADMIN_SESSIONS, API_KEYS};
+use crate::store::tables::auth::{ADMIN_SESSIONS, ADMIN_SESSIONS_BY_KEY, API_KEYS};
 
-/// The auth tables of one transaction: `K` holds the keys, `S` the sessions.
-pub struct AuthTables<K, S> {
+/// The auth tables of one transaction: `K` holds the keys, `S` the sessions, `I` the index of
+/// sessions by key.
+pub struct AuthTables<K, S, I> {
     /// API keys: key id → key record.
     pub keys: K,
     /// Dashboard sessions: blake3 hash of the session token → session record.
     pub sessions: S,
+    /// Sessions by key: (key id, token hash) → created at.
+    pub sessions_by_key: I,
 }
 
+/// A session found through the index by key: its token hash, and its record (none when it is
+/// no longer stored or cannot be read).
+pub type KeySession = (Vec<u8>, Option<SessionRecord>);
+
 /// The auth tables of a read transaction.
-pub type AuthRead =
-    AuthTables<ReadOnlyTable<u128, &'static [u8]>, ReadOnlyTable<&'static [u8], &'static [u8]>>;
+pub type AuthRead = AuthTables<
+    ReadOnlyTable<u128, &'static [u8]>,
+    ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ReadOnlyTable<(u128, &'static [u8]), i64>,
+>;
 
 /// The auth tables of a write transaction.
-pub type AuthWrite<'tx> =
-    AuthTables<Table<'tx, u128, &'static [u8]>, Table<'tx, &'static [u8], &'static [u8]>>;
+pub type AuthWrite<'tx> = AuthTables<
+    Table<'tx, u128, &'static [u8]>,
+    Table<'tx, &'static [u8], &'static [u8]>,
+    Table<'tx, (u128, &'static [u8]), i64>,
+>;
 
 impl AuthRead {
     /// Opens the tables in a read transaction.
@@ -32,6 +45,7 @@ impl AuthRead {
         Ok(AuthTables {
             keys: tx.open_table(API_KEYS)?,
             sessions: tx.open_table(ADMIN_SESSIONS)?,
+            sessions_by_key: tx.open_table(ADMIN_SESSIONS_BY_KEY)?,
         })
     }
 }
@@ -42,6 +56,7 @@ impl<'tx> AuthWrite<'tx> {
         Ok(AuthTables {
             keys: tx.open_table(API_KEYS)?,
             sessions: tx.open_table(ADMIN_SESSIONS)?,
+            sessions_by_key: tx.open_table(ADMIN_SESSIONS_BY_KEY)?,
         })
     }
 
@@ -60,21 +75,67 @@ impl<'tx> AuthWrite<'tx> {
     ) -> Result<(), StoreError> {
         self.sessions
             .insert(hash.as_slice(), codec::encode(record).as_slice())?;
+        self.sessions_by_key.insert(
+            (record.key_id.as_u128(), hash.as_slice()),
+            record.created_at,
+        )?;
         Ok(())
     }
 
-    /// Deletes a session.
+    /// Deletes a session and its index entry.
     pub fn remove_session(&mut self, hash: &[u8]) -> Result<(), StoreError> {
-        self.sessions.remove(hash)?;
+        let removed = self.sessions.remove(hash)?;
+        let key_id = removed.and_then(|v| {
+            codec::decode::<SessionRecord>(
+                ADMIN_SESSIONS.name(),
+                crate::audit::hex(hash),
+                v.value(),
+            )
+            .ok()
+            .map(|r| r.key_id)
+        });
+        if let Some(key_id) = key_id {
+            self.sessions_by_key.remove((key_id.as_u128(), hash))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the index entry of a session of `key_id` that is no longer stored.
+    pub fn remove_session_index(&mut self, key_id: Uuid, hash: &[u8]) -> Result<(), StoreError> {
+        self.sessions_by_key.remove((key_id.as_u128(), hash))?;
         Ok(())
     }
 }
 
-impl<K, S> AuthTables<K, S>
+impl<K, S, I> AuthTables<K, S, I>
 where
     K: ReadableTable<u128, &'static [u8]>,
     S: ReadableTable<&'static [u8], &'static [u8]>,
+    I: ReadableTable<(u128, &'static [u8]), i64>,
 {
+    /// The sessions of `key_id` from the index, oldest first: token hash and the session record
+    /// (none when it is no longer stored or cannot be read).
+    pub fn key_sessions(&self, key_id: Uuid) -> Result<Vec<KeySession>, StoreError> {
+        let id = key_id.as_u128();
+        let upper = [0xffu8; 33];
+        let mut found = Vec::new();
+        for row in self
+            .sessions_by_key
+            .range((id, &[][..])..=(id, &upper[..]))?
+        {
+            let (k, created_at) = row?;
+            found.push((k.value().1.to_vec(), created_at.value()));
+        }
+        found.sort_by_key(|(_, created_at)| *created_at);
+        found
+            .into_iter()
+            .map(|(hash, _)| {
+                let record = self.session(&hash).ok().flatten();
+                Ok((hash, record))
+            })
+            .collect()
+    }
+
     /// Every stored key record.
     pub fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let mut records = Vec::new();
@@ -97,15 +158,9 @@ where
             .transpose()
     }
 
-    /// The session stored under `hash`, if any.
-    pub fn session(&self, hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions
-            .get(hash)?
-            .map(|v| codec::decode(ADMIN_SESSIONS.name(), crate::audit::hex(hash), v.value()))
-            .transpose()
-    }
-
-    /// Hashes of the sessions that ended by `now` (or cannot be read).
+    /// The token hashes of every session that ended (idle timeout or maximum age) by `now`, or
+    /// cannot be read: the retention pass's whole-table sweep, which also finds sessions signed in
+    /// before the by-key index existed.
     pub fn ended_sessions(&self, now: crate::clock::Millis) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut ended = Vec::new();
         for row in self.sessions.iter()? {
@@ -120,5 +175,13 @@ where
             }
         }
         Ok(ended)
+    }
+
+    /// The session stored under `hash`, if any.
+    pub fn session(&self, hash: &[u8]) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions
+            .get(hash)?
+            .map(|v| codec::decode(ADMIN_SESSIONS.name(), crate::audit::hex(hash), v.value()))
+            .transpose()
     }
 }

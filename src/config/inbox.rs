@@ -150,8 +150,11 @@ impl Config {
                     }
                 }
                 InboxScheme::Github => {
-                    if secret.is_empty() {
-                        return Err(invalid(&key("secret"), "must not be empty"));
+                    if secret.len() < 16 {
+                        return Err(invalid(
+                            &key("secret"),
+                            "a GitHub webhook secret must be at least 16 bytes",
+                        ));
                     }
                 }
                 InboxScheme::Bearer => {

@@ -25,6 +25,7 @@ mod metrics;
 pub mod names;
 mod queue;
 mod secret;
+mod security;
 mod server;
 mod store;
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub use load::LoadOptions;
 pub use metrics::MetricsConfig;
 pub use queue::QueueConfig;
 pub use secret::{Secret, redact_url};
+pub use security::{IpRange, RateLimitConfig, SecurityConfig, canonical as canonical_ip};
 pub use server::{LogConfig, LogFormat, ServerConfig, ShutdownConfig};
 pub use store::StoreConfig;
 
@@ -115,6 +117,8 @@ pub struct Config {
     pub autonomy: AutonomyConfig,
     /// The telemetry bus of cycles: retention, cold archive, advisory signals.
     pub telemetry: TelemetryConfig,
+    /// Rate limits, allowlists, blocked addresses and the brute-force auto-block.
+    pub security: SecurityConfig,
 }
 
 impl Default for Config {
@@ -139,6 +143,7 @@ impl Default for Config {
             governance: GovernanceConfig::default(),
             autonomy: AutonomyConfig::default(),
             telemetry: TelemetryConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -160,6 +165,7 @@ impl Config {
         self.exec.validate()?;
         self.circuit.validate()?;
         self.llm.validate()?;
+        self.security.validate()?;
         self.validate_handlers()?;
         self.validate_inbox()?;
         self.validate_cycles()

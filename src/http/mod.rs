@@ -15,6 +15,7 @@ pub mod middleware;
 pub mod models;
 pub mod openapi;
 mod operations;
+mod security;
 mod state;
 mod tasks;
 
@@ -137,6 +138,9 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::POST, "/api/v1/governance/resume", R(Operator), post(cycles::governance_resume)),
         route(Method::POST, "/api/v1/governance/namespaces/{ns}/halt", R(Operator), post(cycles::namespace_halt)),
         route(Method::POST, "/api/v1/governance/namespaces/{ns}/resume", R(Operator), post(cycles::namespace_resume)),
+        route(Method::GET, "/api/v1/security/blocks", R(Admin), get(security::blocks_list)),
+        route(Method::DELETE, "/api/v1/security/blocks/{ip}", R(Admin), delete(security::blocks_lift)),
+        route(Method::GET, "/api/v1/security/events", R(Admin), get(security::events_list)),
         route(Method::POST, "/hooks/{source}", Public, post(hooks::receive)),
         route(Method::GET, "/api/v1/inbox/sources", R(Viewer), get(hooks::sources)),
         route(Method::GET, "/api/v1/inbox/rejections", R(Operator), get(hooks::rejections)),
@@ -187,6 +191,8 @@ fn table() -> Vec<(RouteSpec, MethodRouter<AppState>)> {
         route(Method::GET, "/admin/keys/{id}/created", S(Admin), get(admin::keys::created)),
         route(Method::POST, "/admin/keys/{id}/rotate", S(Admin), post(admin::keys::rotate)),
         route(Method::POST, "/admin/keys/{id}/revoke", S(Admin), post(admin::keys::revoke)),
+        route(Method::GET, "/admin/security", S(Admin), get(admin::security::page)),
+        route(Method::POST, "/admin/security/blocks/{ip}/lift", S(Admin), post(admin::security::lift)),
         route(Method::GET, "/admin/settings", S(Operator), get(admin::settings::page)),
         route(Method::GET, "/admin/api", S(Viewer), get(admin::api::page)),
         route(Method::GET, "/admin/{*rest}", S(Viewer), get(admin::not_found)),
@@ -225,6 +231,10 @@ pub fn router(app: AppState) -> Router {
         router = router.layer(cors);
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            middleware::security_gate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             middleware::request_context,

@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::middleware::Access;
 use super::models::ErrorBody;
-use super::{RouteSpec, api, budgets, cycle_runs, cycles, hooks, operations, tasks};
+use super::{RouteSpec, api, budgets, cycle_runs, cycles, hooks, operations, security, tasks};
 use crate::auth::Role;
 
 #[derive(OpenApi)]
@@ -59,6 +59,7 @@ use crate::auth::Role;
         cycles::governance_get, cycles::governance_pause, cycles::governance_resume,
         cycles::namespace_halt, cycles::namespace_resume,
         hooks::receive, hooks::sources, hooks::rejections,
+        security::blocks_list, security::blocks_lift, security::events_list,
     ),
     components(schemas(
         ErrorBody,
@@ -82,6 +83,7 @@ use crate::auth::Role;
         (name = "advice", description = "Advisory signals and strategy proposals"),
         (name = "governance", description = "Pausing cycles and halting namespaces"),
         (name = "inbox", description = "Inbound webhooks"),
+        (name = "security", description = "Blocked client addresses and security events"),
     ),
 )]
 struct ApiDoc;
@@ -130,7 +132,7 @@ pub fn roles(access: Access) -> Vec<&'static str> {
 }
 
 /// Shared error answers, by component name: status, description.
-const ERRORS: [(&str, &str, &str); 8] = [
+const ERRORS: [(&str, &str, &str); 9] = [
     (
         "BadRequest",
         "400",
@@ -146,7 +148,16 @@ const ERRORS: [(&str, &str, &str); 8] = [
     (
         "Forbidden",
         "403",
-        "The key's role is lower than the operation needs (`forbidden`)",
+        "The key's role is lower than the operation needs (`forbidden`), or the client's \
+         address is blocked after repeated failed authentications or by configuration \
+         (`ip_blocked`, with `Retry-After` when the block ends)",
+    ),
+    (
+        "TooManyRequests",
+        "429",
+        "A rate limit refused the request (`rate_limited`): per API key, or per client address \
+         for requests without a valid key. `Retry-After` and `RateLimit-Reset` say when to \
+         retry, `RateLimit-Limit` the burst allowed",
     ),
     (
         "PayloadTooLarge",
@@ -189,6 +200,10 @@ fn example(status: &str) -> serde_json::Value {
         "403" => (
             "forbidden",
             "this needs the operator role; the key has viewer",
+        ),
+        "429" => (
+            "rate_limited",
+            "too many requests with this API key; retry in 1 s",
         ),
         "413" => (
             "payload_too_large",
@@ -268,6 +283,7 @@ fn complete(op: &mut Operation, spec: &RouteSpec) {
         ]);
         add_error(op, "401");
         add_error(op, "403");
+        add_error(op, "429");
     }
     let params = op.parameters.iter().flatten();
     let (mut in_path, mut in_query) = (false, false);

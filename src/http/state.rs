@@ -16,6 +16,7 @@ use crate::inbox::Inbox;
 use crate::metrics::Metrics;
 use crate::process::Process;
 use crate::queue::Queue;
+use crate::security::Security;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
 
@@ -49,6 +50,8 @@ pub struct HttpState {
     pub dispatcher: Arc<Dispatcher>,
     /// Profiles, cycles, telemetry, advice and governance.
     pub cycles: Arc<Cycles>,
+    /// Rate limits, blocks and the brute-force auto-block.
+    pub security: Arc<Security>,
     /// Version, start time, uptime, shutdown flag.
     pub process: Arc<Process>,
 }

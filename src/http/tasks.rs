@@ -20,8 +20,10 @@ use super::models::tasks::{
     LogLine, Run, Runs, StreamEnd, StreamStatus, SubmitTask, Submitted, TaskList, TaskLogs,
     TaskOne, TaskStatus,
 };
+use crate::auth::Principal;
 use crate::events::Subscription;
 use crate::queue::{NewTask, Status, Task, TaskFilter};
+use crate::security::{StreamPermit, StreamRefusal};
 
 /// A task as the API and CLI show it: everything but the handler's secrets.
 pub fn task_json(t: &Task) -> serde_json::Value {
@@ -292,24 +294,49 @@ const STREAM_FALLBACK: Duration = Duration::from_secs(2);
 /// A task's live events.
 ///
 /// Server-Sent Events: `status` events when the task's status changes and `log` events for new
-/// log lines, until the task is finished.
+/// log lines, until the task is finished. A stream whose task keeps waiting (queued or
+/// retrying) for `security.stream_waiting_timeout_seconds` sends `idle` (data: StreamStatus)
+/// and closes. At most `security.max_streams_per_key` streams per key (429 `too_many_streams`)
+/// and `security.max_streams` in all (503 `streams_exhausted`) are open at once.
 #[utoipa::path(get, path = "/api/v1/stream/{id}", tag = "tasks", operation_id = "tasks_stream",
     params(("id" = Uuid, Path, description = "The task's id")),
     responses(
         (status = 200, description = "Server-Sent Events: `status` (data: StreamStatus), `log` \
-            (data: the line) and a last `end` (data: StreamEnd), then the stream closes",
+            (data: the line) and a last `end` (data: StreamEnd), then the stream closes; or \
+            `idle` (data: StreamStatus) when the task kept waiting too long",
             body = String, content_type = "text/event-stream",
             example = "event: status\ndata: {\"id\":\"0194d3a2-7b1c-7d3e-9f00-5a1b2c3d4e5f\",\"status\":\"running\",\"attempts_used\":0}\n\n"),
         (status = 404, description = "No task with this id", body = ErrorBody),
+        (status = 429, description = "The key has `security.max_streams_per_key` streams open \
+            (`too_many_streams`)", body = ErrorBody),
+        (status = 503, description = "The server has `security.max_streams` streams open \
+            (`streams_exhausted`)", body = ErrorBody),
     ))]
 pub(super) async fn stream(
     State(app): State<AppState>,
+    principal: Option<axum::Extension<Principal>>,
     IdPath(id): IdPath,
 ) -> Result<Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let key = principal
+        .map(|p| p.0.key_id)
+        .ok_or_else(|| ApiError::internal("a task stream without a caller"))?;
+    let permit = app.security.streams.acquire(key).map_err(|refusal| {
+        let message = refusal.to_string();
+        match refusal {
+            StreamRefusal::PerKey(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+            }
+            StreamRefusal::Total(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "streams_exhausted",
+                message,
+            ),
+        }
+    })?;
     // Subscribed before the first read, so no change after that read goes unseen.
     let events = app.events.subscribe();
     let first = app.queue.get(id).await?;
-    let stream = task_events(app, events, first);
+    let stream = task_events(app, events, first, permit);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -317,9 +344,14 @@ fn task_events(
     app: AppState,
     events: Subscription,
     first: Task,
+    permit: StreamPermit,
 ) -> impl tokio_stream::Stream<Item = Result<Event, Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    let waiting_timeout = app.config.security.stream_waiting_timeout();
     tokio::spawn(async move {
+        // Held until the stream ends, however it ends.
+        let _permit = permit;
+        let mut waiting_since = tokio::time::Instant::now();
         let id = first.id;
         let mut events = Some(events);
         let mut last_status = None;
@@ -328,6 +360,7 @@ fn task_events(
         loop {
             if last_status != Some(task.status) {
                 last_status = Some(task.status);
+                waiting_since = tokio::time::Instant::now();
                 let event = Event::default()
                     .event("status")
                     .json_data(StreamStatus {
@@ -369,6 +402,23 @@ fn task_events(
                 let _ = tx.send(done).await;
                 return;
             }
+            if task.status.is_waiting() && waiting_since.elapsed() >= waiting_timeout {
+                let idle = Event::default()
+                    .event("idle")
+                    .json_data(StreamStatus {
+                        id,
+                        status: task.status.into(),
+                        attempts_used: task.counted_attempts(),
+                    })
+                    .unwrap_or_default();
+                let _ = tx.send(idle).await;
+                return;
+            }
+            let wait_left = if task.status.is_waiting() {
+                waiting_timeout.saturating_sub(waiting_since.elapsed())
+            } else {
+                STREAM_FALLBACK
+            };
             let about_task = async {
                 match events.as_mut() {
                     // A lag also wakes it: the task is re-read either way.
@@ -382,7 +432,7 @@ fn task_events(
                         events = None;
                     }
                 }
-                _ = tokio::time::sleep(STREAM_FALLBACK) => {}
+                _ = tokio::time::sleep(STREAM_FALLBACK.min(wait_left)) => {}
                 _ = tx.closed() => return,
             }
             match app.queue.get(id).await {

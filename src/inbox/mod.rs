@@ -17,6 +17,9 @@
 //!   accepted deliveries are, by the queue's `task.enqueue` entry (actor `hook:<source>`).
 //! - The task payload is the body's JSON as sent; a body that is not JSON is refused (400
 //!   `invalid_payload`), since every sender keel verifies sends JSON.
+//! - A GitHub signature covers only the body, so a captured delivery resent under a new
+//!   `X-GitHub-Delivery` would verify: GitHub deliveries are also marked seen by the blake3 hash
+//!   of their body (`body:<hex>`), and a body seen within the replay window is a duplicate.
 //! - GitHub signatures are hex: upper- and lower-case digits are both accepted (the decoded
 //!   bytes are compared); the `sha256=` prefix must be lower-case, as GitHub sends it.
 //!
@@ -35,7 +38,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
-use crate::config::{Config, InboxSourceConfig};
+use crate::config::{Config, InboxScheme, InboxSourceConfig};
 use crate::metrics::Metrics;
 use crate::queue::{NewTask, Queue, QueueError};
 use crate::store::{Store, StoreError};
@@ -177,9 +180,15 @@ impl Inbox {
             }
         };
 
-        if let Some(task_id) = self.seen(source_name, &id, now).await? {
-            self.replay_counter(source_name).inc();
-            return Ok(Received::Duplicate { task_id });
+        let mut marks = vec![id.clone()];
+        if source.scheme == InboxScheme::Github {
+            marks.push(format!("body:{}", blake3::hash(&delivery.body).to_hex()));
+        }
+        for mark in &marks {
+            if let Some(task_id) = self.seen(source_name, mark, now).await? {
+                self.replay_counter(source_name).inc();
+                return Ok(Received::Duplicate { task_id });
+            }
         }
         let enqueued = self
             .queue
@@ -206,7 +215,7 @@ impl Inbox {
         };
         let task_id = enqueued.task.id;
         let expires = now + self.config.inbox.replay_retention_seconds as i64 * 1000;
-        if let Err(e) = self.mark_seen(source_name, &id, task_id, expires).await {
+        if let Err(e) = self.mark_seen(source_name, marks, task_id, expires).await {
             // The task is durable and its idempotency key still refuses a replay.
             tracing::warn!(source = source_name, error = %e, "could not record a delivery id as seen");
         }

@@ -28,13 +28,19 @@ impl Inbox {
     pub(super) async fn mark_seen(
         &self,
         source: &str,
-        id: &str,
+        ids: Vec<String>,
         task_id: Uuid,
         expires: Millis,
     ) -> Result<(), StoreError> {
-        let (source, id) = (source.to_string(), id.to_string());
+        let source = source.to_string();
         self.store
-            .write(move |tx| Tables::open(tx)?.mark_seen(&source, &id, task_id, expires))
+            .write(move |tx| {
+                let mut tables = Tables::open(tx)?;
+                for id in &ids {
+                    tables.mark_seen(&source, id, task_id, expires)?;
+                }
+                Ok::<(), StoreError>(())
+            })
             .await
     }
 

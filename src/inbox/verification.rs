@@ -735,6 +735,7 @@ mod tests {
             ),
             (InboxScheme::StandardWebhooks, "whsec_c2hvcnQ="),
             (InboxScheme::Github, ""),
+            (InboxScheme::Github, "fifteen bytes!!"),
             (InboxScheme::Bearer, "short"),
             (InboxScheme::Github, "***"),
         ] {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 10;
+pub const SCHEMA_VERSION: u64 = 11;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -329,6 +329,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     create_running_commands_table,
     upgrade_circuit_records,
     separate_idempotency_namespaces,
+    create_security_tables,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -467,6 +468,16 @@ pub fn upgrade_circuit_record_v1(bytes: &[u8]) -> Option<Vec<u8>> {
         v2.extend_from_slice(&[0, 0, 0]);
         v2
     })
+}
+
+/// The security room's tables, and the index of dashboard sessions by key. Sessions signed in
+/// before this version are not in the index: they keep working and end by themselves (an ended
+/// session is deleted when it is next presented).
+fn create_security_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::security::SECURITY_BLOCKS)?;
+    tx.open_table(tables::security::SECURITY_EVENTS)?;
+    tx.open_table(tables::auth::ADMIN_SESSIONS_BY_KEY)?;
+    Ok(())
 }
 
 fn migrate(db: &Database, path: &Path) -> Result<(), StoreError> {

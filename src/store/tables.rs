@@ -40,6 +40,10 @@ pub mod auth {
     /// Dashboard sign-in sessions: blake3 hash of the session token (32 bytes) → session record.
     pub const ADMIN_SESSIONS: TableDefinition<&[u8], &[u8]> =
         TableDefinition::new("admin_sessions_v1");
+
+    /// Dashboard sessions by key: (key id, token hash) → created at (ms).
+    pub const ADMIN_SESSIONS_BY_KEY: TableDefinition<(u128, &[u8]), i64> =
+        TableDefinition::new("admin_sessions_by_key_v1");
 }
 
 /// The metrics room: persisted histogram snapshots.
@@ -218,4 +222,17 @@ pub mod cycles {
     /// Current profile versions: profile id → version record.
     pub const PROFILE_VERSIONS: TableDefinition<&str, &[u8]> =
         TableDefinition::new("profile_versions_v1");
+}
+
+/// The security room.
+pub mod security {
+    use redb::TableDefinition;
+
+    /// Automatic blocks of client addresses: address (text) → block record.
+    pub const SECURITY_BLOCKS: TableDefinition<&str, &[u8]> =
+        TableDefinition::new("security_blocks_v1");
+
+    /// Security events counted per minute: (minute start ms, kind, subject) → event record.
+    pub const SECURITY_EVENTS: TableDefinition<(i64, &str, &str), &[u8]> =
+        TableDefinition::new("security_events_v1");
 }

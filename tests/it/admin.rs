@@ -603,7 +603,7 @@ fn every_page_renders_for_its_role_and_is_refused_below() {
     let task = dead_letter(&app);
     let clients = clients(&app);
     let table = pages(&task);
-    assert_eq!(table.len(), 14, "{table:?}");
+    assert_eq!(table.len(), 15, "{table:?}");
     for (path, needed) in &table {
         for (role, _, c) in &clients {
             let r = c.get(path);
@@ -811,6 +811,7 @@ fn every_form_post_needs_the_session_csrf_token() {
                 .replace("{provider}", "acme")
                 .replace("{ns}", "nothing")
                 .replace("{type}", "hook")
+                .replace("{ip}", "203.0.113.9")
         })
         .collect();
     assert!(posts.len() >= 10, "{posts:?}");
@@ -969,7 +970,7 @@ fn no_secret_reaches_any_page() {
         }
         seen += 1;
     }
-    assert_eq!(seen, 16);
+    assert_eq!(seen, 17);
     let settings = admin.get("/admin/settings").body;
     assert!(
         settings.contains("***") && settings.contains("[handlers.hook]"),

@@ -280,8 +280,13 @@ fn github_deliveries_are_verified_over_the_raw_body() {
     assert_eq!(r.json()["task"]["created_by"], "hook:gh");
 
     // Upper-case hex is accepted: the decoded bytes are compared.
-    let upper = format!("sha256={}", sig["sha256=".len()..].to_ascii_uppercase());
-    accepted_task(&post_gh(&app, "gh-2", Some(&upper), body));
+    let other_body = r#"{"zen": "Design for failure.", "hook_id": 2}"#;
+    let other_sig = github_signature(GH_SECRET, other_body.as_bytes());
+    let upper = format!(
+        "sha256={}",
+        other_sig["sha256=".len()..].to_ascii_uppercase()
+    );
+    accepted_task(&post_gh(&app, "gh-2", Some(&upper), other_body));
 
     // The same JSON re-serialized is another body: its signature does not match.
     let reformatted = serde_json::to_string(&serde_json::from_str::<Value>(body).unwrap()).unwrap();
@@ -378,9 +383,10 @@ fn a_replayed_delivery_is_refused_until_its_retention_passes() {
 
     // Past the inbox's retention the mark is pruned; the task's idempotency key still holds
     // (queue.idempotency_retention_seconds), so the sender's retry is still a duplicate.
+    // (The GitHub delivery left two marks: its id and its body's hash.)
     app.clock.advance_ms(601_000);
-    assert_eq!(app.block_on(app.app.inbox.seen_count()).unwrap(), 2);
-    assert_eq!(app.block_on(app.app.inbox.prune()).unwrap(), 2);
+    assert_eq!(app.block_on(app.app.inbox.seen_count()).unwrap(), 3);
+    assert_eq!(app.block_on(app.app.inbox.prune()).unwrap(), 3);
     assert_eq!(app.block_on(app.app.inbox.seen_count()).unwrap(), 0);
     let r = post_sw(&app, SW_SECRET, "msg_replay", now_s(&app), body, None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -608,4 +614,23 @@ fn an_api_idempotency_key_cannot_name_an_inbound_delivery() {
         replay.json(),
         json!({"status": "duplicate", "task_id": delivered})
     );
+}
+
+#[test]
+fn a_github_body_resent_under_a_new_delivery_id_is_a_duplicate_within_the_replay_window() {
+    let app = start();
+    let body = r#"{"action": "opened", "number": 7}"#;
+    let sig = github_signature(GH_SECRET, body.as_bytes());
+    let id = accepted_task(&post_gh(&app, "gh-original", Some(&sig), body));
+    let r = post_gh(&app, "gh-captured-and-resent", Some(&sig), body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["status"], "duplicate");
+    assert_eq!(r.json()["task_id"], id.as_str());
+    assert_eq!(task_count(&app), 1);
+
+    // After the replay window the same body is a new delivery again.
+    let window = app.app.config.inbox.replay_retention_seconds as i64 * 1000;
+    app.clock.advance_ms(window + 1000);
+    let again = accepted_task(&post_gh(&app, "gh-next-week", Some(&sig), body));
+    assert_ne!(again, id);
 }

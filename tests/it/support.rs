@@ -215,13 +215,19 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A configuration for tests: defaults, the given data dir, an ephemeral port.
+/// A configuration for tests: defaults, the given data dir, an ephemeral port, the test
+/// client's own address (loopback) allowlisted, so that tests of refused keys are not blocked,
+/// and no limit on sign-ins per key.
+/// Security tests clear the allowlist, or send `X-Forwarded-For` to appear as other clients.
 pub fn test_config(data_dir: &Path) -> Config {
     let mut config = Config {
         data_dir: data_dir.to_path_buf(),
         ..Config::default()
     };
     config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.security.allowlist = vec!["127.0.0.1".into(), "::1".into()];
+    // Tests sign in to the dashboard far more often than people do.
+    config.security.session_limit.requests = 0;
     config
 }
 
@@ -414,6 +420,8 @@ impl KeelProcess {
             .arg(data_dir)
             .env("KEEL_LOG__FORMAT", "json")
             .env("KEEL_LOG__LEVEL", "info")
+            // As in `test_config`: the test client (loopback) is never blocked or limited.
+            .env("KEEL_SECURITY__ALLOWLIST", "127.0.0.1,::1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         cmd

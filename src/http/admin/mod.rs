@@ -18,6 +18,7 @@ pub mod dlq;
 pub mod keys;
 pub mod operations;
 pub mod overview;
+pub mod security;
 pub mod session;
 pub mod settings;
 pub mod task_types;
@@ -151,6 +152,7 @@ via_api_error!(
     crate::exec::circuit::CircuitError,
     crate::budget::BudgetError,
     crate::cycles::CyclesError,
+    crate::security::LiftError,
     QueryRejection,
     PathRejection
 );
@@ -289,6 +291,7 @@ fn flash_message(code: &str) -> Option<&'static str> {
         "halted" => "Namespace halted.",
         "namespace_resumed" => "Namespace resumed.",
         "cycle_cancelled" => "Cycle cancelled.",
+        "unblocked" => "Block lifted.",
         _ => return None,
     })
 }
@@ -450,6 +453,11 @@ impl Layout {
                 href: "/admin/keys",
                 label: "Keys",
                 id: "keys",
+            });
+            items.push(NavItem {
+                href: "/admin/security",
+                label: "Security",
+                id: "security",
             });
         }
         if self.can_operate() {

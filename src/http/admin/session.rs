@@ -21,7 +21,7 @@ use crate::auth::sessions::{MAX_AGE_MS, SessionRecord, hash_token, new_token, we
 use crate::auth::{AuthError, Principal, Role};
 use crate::http::AppState;
 use crate::http::error::ApiError;
-use crate::http::middleware::RequestId;
+use crate::http::middleware::{ClientIp, RequestId};
 use crate::store::StoreError;
 
 /// Name of the session cookie.
@@ -354,6 +354,7 @@ pub async fn require_session_layer(
     {
         return ApiError::from(e).into_response();
     }
+    req.extensions_mut().insert(session.principal.clone());
     req.extensions_mut().insert(session.clone());
     let response = next.run(req).await;
     let mut response = response.with_layout(&session, &request_id);
@@ -451,9 +452,11 @@ pub struct LoginForm {
     next: Option<String>,
 }
 
-/// Checks the key and starts a session.
+/// Checks the key and starts a session. A refused key counts as a failed authentication of the
+/// client's address.
 pub async fn login(
     State(app): State<AppState>,
+    client: Option<axum::Extension<ClientIp>>,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -499,6 +502,11 @@ pub async fn login(
     let principal = match app.auth.authenticate(key) {
         Ok(p) => p,
         Err(e) => {
+            if let Some(axum::Extension(ClientIp(ip))) = client
+                && let Err(store) = app.security.auth_failed(ip, "sign_in").await
+            {
+                return ApiError::from(store).into_response();
+            }
             let why = match e {
                 AuthError::Expired => "This key has expired.",
                 AuthError::Revoked => "This key was revoked.",
@@ -514,6 +522,27 @@ pub async fn login(
             );
         }
     };
+    if let Err(limited) = app.security.limits.check_session(principal.key_id) {
+        let ip = client.map(|axum::Extension(ClientIp(ip))| ip);
+        app.security.count_rate_limited("/admin/login", ip);
+        let secs = limited.retry_after_secs();
+        let mut response = login_response(
+            &app,
+            &headers,
+            StatusCode::TOO_MANY_REQUESTS,
+            &next,
+            None,
+            Some(format!(
+                "This key signed in too often; try again in {secs} s."
+            )),
+        );
+        let out = response.headers_mut();
+        out.insert(header::RETRY_AFTER, secs.into());
+        out.insert("ratelimit-limit", limited.limit.into());
+        out.insert("ratelimit-remaining", 0u32.into());
+        out.insert("ratelimit-reset", secs.into());
+        return response;
+    }
     let token = match app.auth.create_session(&principal).await {
         Ok(t) => t,
         Err(e) => return ApiError::from(e).into_response(),

@@ -10,6 +10,7 @@ pub mod cycles;
 pub mod inbox;
 pub mod keys;
 pub mod operations;
+pub mod security;
 pub mod system;
 pub mod tasks;
 
