@@ -649,9 +649,16 @@ mod tests {
                     keys.insert(*key, (n as u128, 1000 + n as i64)).unwrap();
                     expiry.insert((1000 + n as i64, *key), ()).unwrap();
                 }
+                // The version the namespace migration upgrades from.
+                let before = MIGRATIONS
+                    .iter()
+                    .position(|m| {
+                        std::ptr::fn_addr_eq(*m, separate_idempotency_namespaces as Migration)
+                    })
+                    .unwrap() as u64;
                 tx.open_table(tables::META)
                     .unwrap()
-                    .insert(tables::META_SCHEMA_VERSION, SCHEMA_VERSION - 1)
+                    .insert(tables::META_SCHEMA_VERSION, before)
                     .unwrap();
             }
             tx.commit().unwrap();
