@@ -241,6 +241,12 @@ impl KeyScope {
     }
 }
 
+/// A task's idempotency key as it may be stored: in the API callers' namespace or the inbox's.
+/// The task with the key is named by at most one of them for a given task.
+pub(super) fn stored_keys(key: &str) -> [String; 2] {
+    [KeyScope::Api.stored(key), KeyScope::Inbox.stored(key)]
+}
+
 /// The configured bounds of enqueueing.
 #[derive(Debug, Clone, Copy)]
 struct Limits {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use redb::ReadableTable;
 use uuid::Uuid;
 
+use super::enqueue::stored_keys;
 use super::model::{Status, Task};
 use super::tables::{ReadableTables, Tables};
 use super::{Queue, QueueError, indexes};
@@ -135,7 +136,7 @@ impl Queue {
                 )));
             }
             indexes::delete_task(t, &task)?;
-            if let Some(key) = &task.idempotency_key {
+            for key in task.idempotency_key.iter().flat_map(|k| stored_keys(k)) {
                 let names_task = t
                     .idempotency_keys()?
                     .get(key.as_str())?
@@ -236,15 +237,17 @@ impl Queue {
                 {
                     tasks.push(task);
                 }
-                let keyed = t
-                    .idempotency_keys()?
-                    .get(query.text.as_str())?
-                    .map(|v| v.value().0);
-                if let Some(raw) = keyed
-                    && let Some(task) = t.task(Uuid::from_u128(raw))?
-                    && !tasks.iter().any(|found: &Task| found.id == task.id)
-                {
-                    tasks.push(task);
+                for key in stored_keys(&query.text) {
+                    let keyed = t
+                        .idempotency_keys()?
+                        .get(key.as_str())?
+                        .map(|v| v.value().0);
+                    if let Some(raw) = keyed
+                        && let Some(task) = t.task(Uuid::from_u128(raw))?
+                        && !tasks.iter().any(|found: &Task| found.id == task.id)
+                    {
+                        tasks.push(task);
+                    }
                 }
             }
             let exact: Vec<Uuid> = tasks.iter().map(|task| task.id).collect();
