@@ -253,6 +253,13 @@ impl App {
         }
         // Commands the last keel left running are killed before their tasks run again.
         let stopped_at = crate::exec::orphans::reap(&core.store, &core.clock).await?;
+        let running: std::collections::HashSet<_> =
+            core.queue.running_ids().await?.into_iter().collect();
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || crate::exec::orphans::kill_tagged(&running)).await
+        {
+            tracing::warn!(error = %e, "could not look for processes of interrupted tasks");
+        }
         let interrupted = core.queue.recover_interrupted(stopped_at).await?;
         if interrupted > 0 {
             tracing::warn!(

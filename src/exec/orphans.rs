@@ -2,9 +2,11 @@
 //! runs (refreshed every [`SEEN_EVERY`], so the record says until when it surely ran), and its
 //! direct child gets `PR_SET_PDEATHSIG` so it dies with keel. At start, before any task runs
 //! again, every recorded group that is still alive (same boot, same leader or no leader left) is
-//! killed, and each interrupted task learns when its command really stopped.
+//! killed, and so is every process tagged with the task id of a task that was running (which
+//! covers a command keel died too soon after starting to record); each interrupted task
+//! learns when its command really stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,6 +148,50 @@ fn still_ours(record: &RunningCommand, boot: &str) -> bool {
     }
 }
 
+/// Kills every process that carries `KEEL_TASK_ID=<id>` (which a command and all it starts
+/// inherit) for one of `tasks`, the tasks that were running when the last keel stopped: this
+/// also finds a command whose group was not recorded yet (keel died just after starting it) and
+/// processes that left the group. Processes of other users cannot be read and are skipped.
+/// Returns how many were killed.
+pub fn kill_tagged(tasks: &HashSet<Uuid>) -> usize {
+    if tasks.is_empty() {
+        return 0;
+    }
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+            .filter(|pid| *pid != me)
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let tagged = environ
+            .split(|b| *b == 0)
+            .filter_map(|var| var.strip_prefix(b"KEEL_TASK_ID="))
+            .filter_map(|id| std::str::from_utf8(id).ok())
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .any(|id| tasks.contains(&id));
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            continue;
+        };
+        // SAFETY: kill only sends a signal; a process that is gone fails with ESRCH.
+        if tagged && unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            tracing::warn!(pid, "killed a process of a task the last keel left running");
+            killed += 1;
+        }
+    }
+    killed
+}
+
 /// Kills the process groups that the last keel's commands left running and forgets every
 /// record. Returns, per task, when its attempt stopped: when keel last saw the command running
 /// (what the group did after keel died was no part of the attempt).
@@ -194,5 +240,31 @@ mod tests {
         let ticks = start_ticks(me).expect("this process's stat");
         assert_eq!(start_ticks(me), Some(ticks));
         assert!(!boot_id().is_empty());
+    }
+
+    #[test]
+    fn processes_tagged_with_an_interrupted_task_are_killed_and_others_left_alone() {
+        use std::os::unix::process::ExitStatusExt;
+        let spawn = |id: Uuid| {
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .env("KEEL_TASK_ID", id.to_string())
+                .spawn()
+                .expect("sleep")
+        };
+        let (interrupted, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut tagged = spawn(interrupted);
+        let mut untouched = spawn(other);
+        let killed = kill_tagged(&HashSet::from([interrupted]));
+        assert_eq!(killed, 1);
+        let status = tagged.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(
+            untouched.try_wait().unwrap().is_none(),
+            "another task's process runs on"
+        );
+        untouched.kill().unwrap();
+        untouched.wait().unwrap();
+        assert_eq!(kill_tagged(&HashSet::new()), 0);
     }
 }

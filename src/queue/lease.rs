@@ -69,6 +69,17 @@ impl Queue {
         })
     }
 
+    /// The tasks that are running (at start: those the last keel left running).
+    pub async fn running_ids(&self) -> Result<Vec<Uuid>, QueueError> {
+        self.read(|t| {
+            Ok(t.ids_with_status(Status::Running)?
+                .into_iter()
+                .map(Uuid::from_u128)
+                .collect())
+        })
+        .await
+    }
+
     /// After a restart every lease belongs to a process that is gone (the database admits one
     /// process): their tasks run again at once, without using an attempt. `stopped_at` says,
     /// for the tasks whose executor knows it, when the interrupted attempt really stopped
