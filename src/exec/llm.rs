@@ -132,7 +132,10 @@ fn error_text(answer: Option<&Value>, raw: &str) -> String {
 struct Answer {
     status: u16,
     retry_after: Option<u64>,
+    /// The body (empty when it could not be read).
     text: String,
+    /// Why the body could not be read (larger than [`ANSWER_MAX_BYTES`], cut off).
+    unreadable: Option<String>,
 }
 
 /// Runs tasks against LLM providers.
@@ -269,19 +272,26 @@ impl LlmExecutor {
                 .timeout_global(Some(timeout))
                 .build();
             let started = Instant::now();
-            let answer = agent.run(request).map(|mut response| Answer {
-                status: response.status().as_u16(),
-                retry_after: response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| retry_after_ms(v, now_ms)),
-                text: response
+            let answer = agent.run(request).map(|mut response| {
+                let body = response
                     .body_mut()
                     .with_config()
                     .limit(ANSWER_MAX_BYTES)
-                    .read_to_string()
-                    .unwrap_or_default(),
+                    .read_to_string();
+                let (text, unreadable) = match body {
+                    Ok(text) => (text, None),
+                    Err(e) => (String::new(), Some(e.to_string())),
+                };
+                Answer {
+                    status: response.status().as_u16(),
+                    retry_after: response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| retry_after_ms(v, now_ms)),
+                    text,
+                    unreadable,
+                }
             });
             let elapsed = started.elapsed();
             let parsed = answer
@@ -367,10 +377,15 @@ impl LlmExecutor {
                 }
                 None => Outcome::Retry {
                     class: "bad_response".into(),
-                    message: format!(
-                        "POST {shown} answered {status} without choices[0].message: {}",
-                        cut(answer.text.trim(), 300)
-                    ),
+                    message: match &answer.unreadable {
+                        Some(why) => format!(
+                            "POST {shown} answered {status} with a body that cannot be read: {why}"
+                        ),
+                        None => format!(
+                            "POST {shown} answered {status} without choices[0].message: {}",
+                            cut(answer.text.trim(), 300)
+                        ),
+                    },
                     retry_after_ms: None,
                     receipt,
                 },

@@ -272,3 +272,24 @@ fn secrets_in_handler_urls_are_never_shown() {
         }
     }
 }
+
+/// An llm answer whose content is over `queue.result_max_bytes` keeps its first bytes and the
+/// task says `result_truncated` (before this it was cut silently).
+#[test]
+fn a_long_llm_answer_is_kept_in_part_and_marked() {
+    use crate::llm::{Usage, add_fake_provider, fake_llm, submit, wait_status};
+    let server = fake_llm(Usage::Fixed(10, 5), std::time::Duration::ZERO);
+    let app = TestApp::start_with(|c| {
+        add_fake_provider(c, &server, 1.0);
+        c.queue.result_max_bytes = 10;
+    });
+    let short = submit(&app, "ask", json!({"prompt": "hi"}));
+    let t = wait_status(&app, &short, "succeeded");
+    assert_eq!(t["result"], "echo: hi");
+    assert_eq!(t["result_truncated"], false, "{t}");
+    let long = submit(&app, "ask", json!({"prompt": "hello world"}));
+    let t = wait_status(&app, &long, "succeeded");
+    assert_eq!(t["result"], "echo: hell");
+    assert_eq!(t["result_truncated"], true, "{t}");
+    assert_eq!(t["result_base64"], false, "{t}");
+}
