@@ -427,7 +427,8 @@ impl App {
 /// Deletes what each room keeps past its retention, soon after start and then hourly: each room
 /// purges its own tables in bounded batches (one write each, so other writes go between them),
 /// counted in `keel_retention_purged_total{table}`. Metric history is pruned by the snapshot
-/// worker, inbox rejections are bounded by `inbox.max_rejections` rows as they are written.
+/// worker; inbox rejections are also bounded by `inbox.max_rejections` rows as they are
+/// written.
 pub struct Retention {
     queue: Arc<Queue>,
     inbox: Arc<Inbox>,
@@ -457,6 +458,10 @@ impl Retention {
         match self.inbox.prune().await {
             Ok(n) => purged.push(("inbox_seen", n as u64)),
             Err(e) => failures.push(format!("inbox: {e}")),
+        }
+        match self.inbox.prune_rejections().await {
+            Ok(n) => purged.push(("inbox_rejections", n as u64)),
+            Err(e) => failures.push(format!("inbox rejections: {e}")),
         }
         match self.cycles.prune_telemetry().await {
             Ok(report) => purged.push(("telemetry", report.pruned as u64)),

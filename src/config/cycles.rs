@@ -27,6 +27,9 @@ pub struct CyclesConfig {
     pub timezone: Timezone,
     /// Namespace of raw cycles (those not started from a run profile).
     pub default_namespace: String,
+    /// Further namespaces raw cycles may be triggered in, besides `default_namespace` and the
+    /// namespaces of the run profiles; a trigger in any other namespace is refused.
+    pub namespaces: Vec<String>,
     /// Dispatch endpoints raw cycles deliver to.
     pub default_targets: Vec<String>,
     /// Items per normalization batch.
@@ -43,6 +46,7 @@ impl Default for CyclesConfig {
             run_profile_schedule: CronLine::off(),
             timezone: Timezone::parse("UTC"),
             default_namespace: "default".to_owned(),
+            namespaces: Vec::new(),
             default_targets: Vec::new(),
             normalization_batch_size: 100,
             normalizer: String::new(),
@@ -163,6 +167,18 @@ impl Config {
                 "cycles.default_namespace",
                 "a namespace is 1 to 64 letters, digits, '-', '_' or '.'",
             ));
+        }
+        for (i, ns) in c.namespaces.iter().enumerate() {
+            let key = format!("cycles.namespaces[{i}]");
+            if !names::valid_name(ns) {
+                return Err(invalid(
+                    &key,
+                    "a namespace is 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if c.namespaces[..i].contains(ns) {
+                return Err(invalid(&key, format!("`{ns}` is listed twice")));
+            }
         }
         for (i, target) in c.default_targets.iter().enumerate() {
             if !self.dispatch.endpoints.contains_key(target) {

@@ -19,6 +19,8 @@ pub struct InboxConfig {
     pub replay_retention_seconds: u64,
     /// Rejected deliveries kept for `GET /api/v1/inbox/rejections` (the oldest go first).
     pub max_rejections: u64,
+    /// Days a rejected delivery is kept before the retention pass deletes it.
+    pub rejection_retention_days: u64,
     /// Webhook sources by name (the `<source>` of the URL).
     pub sources: BTreeMap<String, InboxSourceConfig>,
 }
@@ -29,6 +31,7 @@ impl Default for InboxConfig {
             timestamp_tolerance_seconds: 300,
             replay_retention_seconds: 600,
             max_rejections: 1000,
+            rejection_retention_days: 30,
             sources: BTreeMap::new(),
         }
     }
@@ -97,6 +100,12 @@ impl Config {
             other => other,
         })?;
         between("inbox.max_rejections", inbox.max_rejections, 1, 100_000)?;
+        between(
+            "inbox.rejection_retention_days",
+            inbox.rejection_retention_days,
+            1,
+            3650,
+        )?;
         if !inbox.sources.is_empty()
             && self.queue.idempotency_retention_seconds < inbox.replay_retention_seconds
         {

@@ -804,6 +804,16 @@ fn cron_lines_are_parsed_once_into_the_config_and_errors_name_the_key() {
             "-x",
             "cycles.default_namespace: a namespace is",
         ),
+        (
+            "KEEL_CYCLES__NAMESPACES",
+            r#"["blue", "not valid!"]"#,
+            "cycles.namespaces[1]: a namespace is",
+        ),
+        (
+            "KEEL_CYCLES__NAMESPACES",
+            r#"["blue", "green", "blue"]"#,
+            "cycles.namespaces[2]: `blue` is listed twice",
+        ),
     ];
     for (var, value, expected) in cases {
         let err = load_err(&with_env(&[(var, value)]));

@@ -3,6 +3,7 @@
 //! with its `cycle_started` checkpoint in one transaction; the same slot, or the same
 //! initiation, of the same run profile returns the cycle that exists.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -89,6 +90,16 @@ fn check_slot(slot: &str) -> Result<(), CyclesError> {
 }
 
 impl Cycles {
+    /// The namespaces a raw cycle may be triggered in: `cycles.default_namespace`,
+    /// `cycles.namespaces` and those of the loaded run profiles.
+    fn known_namespaces<'a>(&'a self, set: &'a ProfileSet) -> BTreeSet<&'a str> {
+        let c = &self.config.cycles;
+        std::iter::once(c.default_namespace.as_str())
+            .chain(c.namespaces.iter().map(String::as_str))
+            .chain(set.run_profiles.iter().map(|rp| rp.namespace.as_str()))
+            .collect()
+    }
+
     /// Starts one cycle (a raw one, or of one run profile). The same slot of the same run
     /// profile returns the existing cycle. Refused while paused or the namespace is halted.
     pub async fn trigger(
@@ -137,6 +148,13 @@ impl Cycles {
                     return Err(CyclesError::Invalid(
                         "namespace: 1 to 64 letters, digits, '-', '_' or '.'".into(),
                     ));
+                }
+                let known = self.known_namespaces(&set);
+                if !known.contains(ns.as_str()) {
+                    return Err(CyclesError::Invalid(format!(
+                        "namespace: `{ns}` is not a known namespace (known: {}; add it to cycles.namespaces)",
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    )));
                 }
                 self.plan(&set, None, Some(ns), request.slot.clone(), "manual", actor)
             }

@@ -101,7 +101,8 @@ pub(super) async fn schema_get(ApiPath(name): ApiPath<String>) -> Result<Respons
         (status = 404, description = "No such run profile or profile", body = ErrorBody),
         (status = 409, description = "Cycles are paused, the namespace is halted or the profile is disabled",
             body = ErrorBody),
-        (status = 422, description = "An invalid field", body = ErrorBody),
+        (status = 422, description = "An invalid field: a slot that is not an RFC 3339 time, or an unknown namespace",
+            body = ErrorBody),
     ))]
 pub(super) async fn cycles_trigger(
     State(app): State<AppState>,

@@ -13,7 +13,8 @@
 //!   ([`Queue::enqueue_delivery`]), apart from the keys API callers choose. The task is enqueued before the mark is written, so a
 //!   crash between the two still finds the delivery through the idempotency key.
 //! - Rejections are recorded (source, time, reason, peer address, delivery id) without the body
-//!   or any secret, in a table bounded to `inbox.max_rejections` rows. They are not audited;
+//!   or any secret, in a table bounded to `inbox.max_rejections` rows; the retention pass deletes
+//!   those older than `inbox.rejection_retention_days`. They are not audited;
 //!   accepted deliveries are, by the queue's `task.enqueue` entry (actor `hook:<source>`).
 //! - The task payload is the body's JSON as sent; a body that is not JSON is refused (400
 //!   `invalid_payload`), since every sender keel verifies sends JSON.

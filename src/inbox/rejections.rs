@@ -1,5 +1,6 @@
 //! Refused deliveries: recorded (source, time, reason, peer address, delivery id; never the body
-//! or a secret) and counted, in a table bounded to `inbox.max_rejections` rows.
+//! or a secret) and counted, in a table bounded to `inbox.max_rejections` rows and kept
+//! `inbox.rejection_retention_days`.
 
 use uuid::Uuid;
 
@@ -7,7 +8,14 @@ use super::Inbox;
 use super::model::RejectionRecord;
 use super::tables::{ReadTables, ReadableTables, Tables};
 use super::verification::Rejection;
+use crate::clock::Millis;
 use crate::store::StoreError;
+
+/// Rejections deleted per write while pruning.
+const PRUNE_BATCH: usize = 1000;
+
+/// Milliseconds in a day.
+const DAY_MS: Millis = 86_400_000;
 
 impl Inbox {
     /// Records and counts a refused delivery to a configured source. A failure to record is
@@ -42,6 +50,28 @@ impl Inbox {
             .await;
         if let Err(e) = written {
             tracing::warn!(source, error = %e, "could not record a refused webhook delivery");
+        }
+    }
+
+    /// Deletes the rejections older than `inbox.rejection_retention_days`, one bounded batch
+    /// per write so other writes go between them; returns how many.
+    pub async fn prune_rejections(&self) -> Result<usize, StoreError> {
+        let days =
+            Millis::try_from(self.config.inbox.rejection_retention_days).unwrap_or(Millis::MAX);
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(days.saturating_mul(DAY_MS));
+        let mut total = 0;
+        loop {
+            let removed = self
+                .store
+                .write(move |tx| Tables::open(tx)?.prune_rejections(cutoff, PRUNE_BATCH))
+                .await?;
+            total += removed;
+            if removed < PRUNE_BATCH {
+                return Ok(total);
+            }
         }
     }
 

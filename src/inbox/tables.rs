@@ -145,6 +145,31 @@ impl<'tx> Tables<'tx> {
         }
         Ok(())
     }
+
+    /// Deletes up to `batch` of the oldest rejections recorded before `cutoff`; returns how
+    /// many. Rows are in the order they were recorded, so the first one recorded at or after
+    /// `cutoff` ends the batch.
+    pub(super) fn prune_rejections(
+        &mut self,
+        cutoff: Millis,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        let mut due = Vec::new();
+        for row in self.rejections.iter()?.take(batch) {
+            let (key, value) = row?;
+            let id = Uuid::from_u128(key.value());
+            let record: RejectionRecord =
+                codec::decode(INBOX_REJECTIONS.name(), id, value.value())?;
+            if record.at >= cutoff {
+                break;
+            }
+            due.push(key.value());
+        }
+        for key in &due {
+            self.rejections.remove(*key)?;
+        }
+        Ok(due.len())
+    }
 }
 
 impl ReadableTables for Tables<'_> {

@@ -1473,6 +1473,7 @@ fn cycles_page_shows_state_and_operator_actions() {
     let app = TestApp::start_with(move |c: &mut Config| {
         c.cycles.profiles_dir = dir;
         c.cycles.schedule = String::new().into();
+        c.cycles.namespaces = vec!["blue".into()];
     });
     let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
     let operator_key = app.create_key("operator");

@@ -26,6 +26,7 @@ fn start(dir: &Path, autonomy: bool) -> TestApp {
         c.cycles.profiles_dir = dir.to_path_buf();
         c.cycles.schedule = String::new().into();
         c.cycles.run_profile_schedule = String::new().into();
+        c.cycles.namespaces = vec!["raw".into()];
         c.autonomy.enabled = autonomy;
         c.autonomy.allow_mutation = autonomy;
     })

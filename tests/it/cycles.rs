@@ -932,6 +932,7 @@ fn telemetry_past_retention_is_archived_then_pruned() {
             c.cycles.schedule = String::new().into();
             c.telemetry.retention_days = 30;
             c.telemetry.cold_archive = archive;
+            c.cycles.namespaces = vec!["later".into()];
         });
         let (_, v) = trigger(&app, &json!({}));
         wait_cycle(&app, v["cycle_run_id"].as_str().unwrap());

@@ -1,12 +1,13 @@
 //! Retention: one pass over a store with 100,000 finished tasks deletes, in bounded batches,
 //! every row past its retention (succeeded and cancelled tasks, dead tasks after their own
 //! retention, their log lines, expired idempotency keys, ended dashboard sessions) and keeps
-//! the rest.
+//! the rest; refused inbox deliveries go after `inbox.rejection_retention_days`.
 
 use std::collections::BTreeMap;
 
 use keel::clock::Clock;
-use keel::config::{HandlerConfig, HttpHandlerConfig};
+use keel::config::{HandlerConfig, HttpHandlerConfig, InboxScheme, InboxSourceConfig, Secret};
+use keel::inbox::{Reason, Rejection};
 use keel::queue::{NewTask, QueueError, Status, Task};
 use serde_json::json;
 use uuid::Uuid;
@@ -244,4 +245,83 @@ fn a_pass_over_a_hundred_thousand_finished_tasks_leaves_only_what_is_within_rete
             .iter()
             .all(|e| e["detail"]["tasks"].as_u64().unwrap() <= 1000)
     );
+}
+
+fn rejection_count(app: &TestApp) -> usize {
+    let list = app.admin_get("/api/v1/inbox/rejections?limit=1000").json();
+    list["rejections"].as_array().expect("rejections").len()
+}
+
+/// Refused deliveries are kept `inbox.rejection_retention_days`: once the clock passes that,
+/// a retention pass deletes them, more than one batch of them too, and keeps the younger ones.
+#[test]
+fn inbox_rejections_past_their_retention_are_purged() {
+    let app = TestApp::start_with(|c| {
+        c.handlers.insert("notify".into(), handler());
+        c.inbox.sources.insert(
+            "token".into(),
+            InboxSourceConfig {
+                scheme: InboxScheme::Bearer,
+                secret: Some(Secret::new("inbound-bearer-token-0123456789")),
+                task_type: "notify".into(),
+                delivery_id_header: None,
+            },
+        );
+        c.inbox.max_rejections = 5_000;
+        c.inbox.rejection_retention_days = 30;
+    });
+    let day0 = app.clock.now_ms();
+    let refuse = |app: &TestApp| {
+        let r = app.request(
+            "POST",
+            "/hooks/token",
+            Some("not-the-token"),
+            Some(("application/json", b"{}")),
+        );
+        assert_eq!(r.status, 401, "{}", r.body);
+    };
+
+    // Day 0: two refused through the router and 1,100 more recorded by the inbox.
+    refuse(&app);
+    refuse(&app);
+    let inbox = std::sync::Arc::clone(&app.app.inbox);
+    app.block_on(async move {
+        let writes: Vec<_> = (0..1_100)
+            .map(|n| {
+                let inbox = std::sync::Arc::clone(&inbox);
+                tokio::spawn(async move {
+                    let rejection = Rejection::new(Reason::InvalidToken, format!("refused {n}"));
+                    inbox.reject("token", &rejection, None).await;
+                })
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap();
+        }
+    });
+    // Day 20: three more.
+    app.clock.set_ms(day0 + 20 * DAY_MS);
+    for _ in 0..3 {
+        refuse(&app);
+    }
+    let retention = app.app.retention();
+    app.block_on(retention.run_pass()).expect("retention pass");
+    assert_eq!(purged_now(&app, "inbox_rejections"), 0);
+    assert_eq!(
+        rejection_count(&app),
+        1_000,
+        "the list is bounded by its limit"
+    );
+
+    // Day 31: the day-0 ones are past the retention, the day-20 ones are not.
+    app.clock.set_ms(day0 + 31 * DAY_MS);
+    app.block_on(retention.run_pass()).expect("retention pass");
+    assert_eq!(purged(&app, "inbox_rejections", 1_102), 1_102);
+    assert_eq!(rejection_count(&app), 3);
+
+    // Day 51: the rest.
+    app.clock.set_ms(day0 + 51 * DAY_MS);
+    app.block_on(retention.run_pass()).expect("retention pass");
+    assert_eq!(purged(&app, "inbox_rejections", 1_105), 1_105);
+    assert_eq!(rejection_count(&app), 0);
 }

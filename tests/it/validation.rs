@@ -1,6 +1,7 @@
 //! Nonsense is refused with a 4xx that names the field, and creates nothing: idempotency keys
 //! of control characters or over 256 bytes, a `run_at` beyond `queue.max_run_at_days`, an
-//! idempotency key reused for another task, a cycle slot that is not a time, and a dead-letter
+//! idempotency key reused for another task, a cycle slot that is not a time or a namespace that
+//! is not known, and a dead-letter
 //! drain of a type that does not exist. Lists stay bounded: a
 //! rare type filter stops after `LIST_SCAN_LIMIT` records and a page of large payloads after
 //! `LIST_MAX_BYTES`, each with a cursor to go on from.
@@ -10,6 +11,7 @@ use keel::queue::{LIST_MAX_BYTES, LIST_SCAN_LIMIT, NewTask, QueueError};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::admin::Client;
 use crate::support::{Resp, TestApp};
 
 fn start() -> TestApp {
@@ -197,6 +199,54 @@ fn cycle_triggers_need_a_time_slot() {
         &json!({"namespace": "default", "slot": "2026-01-01T06:00:00Z"}),
     );
     assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// A raw cycle triggers only in a known namespace: the default one, one of
+/// `cycles.namespaces` or a run profile's. Any other is refused by the API and the dashboard
+/// with the known ones listed, and starts nothing.
+#[test]
+fn cycle_triggers_in_an_unknown_namespace_are_refused() {
+    let profiles = tempfile::tempdir().unwrap();
+    crate::cycles::write_profiles(
+        profiles.path(),
+        &json!([{"profile_id": "p1", "label": "One", "state": "enabled",
+                 "execution_rules": {}}]),
+        &json!([{"run_profile_id": "r1", "profile_id": "p1", "state": "enabled",
+                 "namespace": "green"}]),
+    );
+    let dir = profiles.path().to_path_buf();
+    let app = TestApp::start_with(move |c| {
+        c.cycles.profiles_dir = dir;
+        c.cycles.schedule = String::new().into();
+        c.cycles.namespaces = vec!["blue".into()];
+    });
+    let operator = Client::sign_in(&app.base, &app.create_key("operator"));
+    let seq = app.audit_seq();
+    let r = post(
+        &app,
+        "/api/v1/cycles/trigger",
+        &json!({"namespace": "typo-blue"}),
+    );
+    refused(&r, 422, "invalid_field", "namespace");
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    for known in ["`typo-blue`", "blue", "default", "green"] {
+        assert!(message.contains(known), "{message} should mention {known}");
+    }
+    let r = operator.post("/admin/cycles/trigger", &[("namespace", "typo-blue")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("typo-blue"), "{}", r.body);
+    let recent = app.admin_get("/api/v1/cycles/recent?limit=100").json();
+    assert_eq!(recent["cycles"], json!([]), "nothing was started: {recent}");
+    assert_eq!(app.audit_seq(), seq, "a refused trigger wrote something");
+
+    for ns in ["blue", "default", "green"] {
+        let r = post(&app, "/api/v1/cycles/trigger", &json!({"namespace": ns}));
+        assert_eq!(r.status, 201, "{ns}: {}", r.body);
+    }
+    let r = operator.post("/admin/cycles/trigger", &[("namespace", "blue")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let recent = app.admin_get("/api/v1/cycles/recent?limit=100").json();
+    assert_eq!(recent["cycles"].as_array().unwrap().len(), 4, "{recent}");
 }
 
 #[test]

@@ -218,7 +218,8 @@ impl From<ReloadReport> for Reloaded {
 #[schema(example = json!({"namespace": "default", "run_profile_id": "nightly", "slot": "2026-01-01T00"}))]
 pub struct TriggerCycle {
     /// The namespace (default: `cycles.default_namespace`): 1 to 64 letters, digits, `-`, `_`
-    /// or `.`, starting with a letter or digit.
+    /// or `.`, starting with a letter or digit. A raw cycle's must be known:
+    /// `cycles.default_namespace`, one of `cycles.namespaces` or a run profile's.
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub namespace: Option<String>,
