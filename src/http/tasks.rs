@@ -22,7 +22,7 @@ use super::models::tasks::{
 };
 use crate::auth::Principal;
 use crate::events::Subscription;
-use crate::queue::{NewTask, Status, Task, TaskFilter};
+use crate::queue::{NewTask, Queue, Status, Task, TaskFilter};
 use crate::security::{StreamPermit, StreamRefusal};
 
 /// A task as the API and CLI show it: everything but the handler's secrets.
@@ -224,6 +224,7 @@ pub(super) async fn logs(
     app.queue.get(id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 5000);
     let mut lines = app.queue.logs(id, q.from.unwrap_or(0), limit + 1).await?;
+    let starts = app.queue.log_attempts(id).await?;
     let next_from = (lines.len() > limit).then(|| {
         lines.truncate(limit);
         lines.last().map_or(0, |(n, _)| n + 1)
@@ -231,7 +232,11 @@ pub(super) async fn logs(
     Ok(Json(TaskLogs {
         lines: lines
             .into_iter()
-            .map(|(n, line)| LogLine { n, line })
+            .map(|(n, line)| LogLine {
+                n,
+                attempt: Queue::attempt_of_line(&starts, n),
+                line,
+            })
             .collect(),
         next_from,
     }))

@@ -140,6 +140,14 @@ pub(super) fn delete_task(t: &mut Tables<'_>, task: &Task) -> Result<u64, QueueE
     for key in &lines {
         t.logs_mut()?.remove(*key)?;
     }
+    let starts: Vec<(u128, u32)> = t
+        .log_attempts()?
+        .range((task.id.as_u128(), 0)..=(task.id.as_u128(), u32::MAX))?
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for key in &starts {
+        t.log_attempts_mut()?.remove(*key)?;
+    }
     Ok(lines.len() as u64)
 }
 

@@ -236,6 +236,22 @@ impl Queue {
         self.read(move |t| t.log_lines(id, from, limit)).await
     }
 
+    /// Where each attempt's log lines begin: (first line number, attempt number), in order.
+    /// Lines before the first entry were written outside any attempt.
+    pub async fn log_attempts(&self, id: Uuid) -> Result<Vec<(u32, u32)>, QueueError> {
+        self.read(move |t| t.log_attempt_starts(id)).await
+    }
+
+    /// The attempt that wrote log line `n`, from [`Queue::log_attempts`]' starts: the last
+    /// attempt that began at or before it (none for lines written before any was marked).
+    pub fn attempt_of_line(starts: &[(u32, u32)], n: u32) -> Option<u32> {
+        starts
+            .iter()
+            .take_while(|(first, _)| *first <= n)
+            .last()
+            .map(|(_, attempt)| *attempt)
+    }
+
     /// How many log lines a task has.
     pub async fn log_count(&self, id: Uuid) -> Result<u32, QueueError> {
         self.read(move |t| t.next_log_line(id)).await
@@ -248,6 +264,20 @@ impl Queue {
         }
         self.write(move |_, t| {
             let next = t.next_log_line(id)?;
+            // The first line of a new attempt marks where that attempt's lines begin.
+            let attempt = t
+                .task(id)?
+                .and_then(|task| task.attempts.last().map(|a| a.number));
+            let last_marked = t
+                .log_attempts()?
+                .range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))?
+                .next_back()
+                .transpose()?
+                .map(|(_, v)| v.value());
+            if let Some(attempt) = attempt.filter(|a| Some(*a) != last_marked) {
+                t.log_attempts_mut()?
+                    .insert((id.as_u128(), next), attempt)?;
+            }
             for (offset, line) in lines.iter().enumerate() {
                 t.logs_mut()?
                     .insert((id.as_u128(), next + offset as u32), line.as_str())?;

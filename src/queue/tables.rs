@@ -20,8 +20,8 @@ use crate::clock::Millis;
 use crate::store::StoreError;
 use crate::store::codec;
 use crate::store::tables::queue::{
-    IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_DAILY, TASK_LOGS, TASK_TYPES_PAUSED,
-    TASKS, TASKS_BY_STATUS, TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
+    IDEMPOTENCY_EXPIRY, IDEMPOTENCY_KEYS, TASK_COUNTS, TASK_DAILY, TASK_LOG_ATTEMPTS, TASK_LOGS,
+    TASK_TYPES_PAUSED, TASKS, TASKS_BY_STATUS, TASKS_DELAYED, TASKS_LEASED, TASKS_READY,
 };
 
 /// Key of the ready index: (task type, priority, due ms, task id).
@@ -47,6 +47,8 @@ pub(super) trait ReadableTables {
     ) -> Result<&impl ReadableTable<&'static str, (u128, i64)>, QueueError>;
     /// Task log lines: (task id, line number) → line.
     fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError>;
+    /// Where each attempt's log lines begin: (task id, first line) → attempt number.
+    fn log_attempts(&self) -> Result<&impl ReadableTable<(u128, u32), u32>, QueueError>;
     /// Paused task types: type → pause record.
     fn paused(&self) -> Result<&impl ReadableTable<&'static str, &'static [u8]>, QueueError>;
     /// Finished attempts per day: day → (processed, failed).
@@ -142,6 +144,19 @@ pub(super) trait ReadableTables {
         {
             let (k, v) = row?;
             out.push((k.value().1, v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Where each attempt's log lines begin: (first line, attempt number), in line order.
+    fn log_attempt_starts(&self, id: Uuid) -> Result<Vec<(u32, u32)>, QueueError> {
+        let mut out = Vec::new();
+        for row in self
+            .log_attempts()?
+            .range((id.as_u128(), 0)..=(id.as_u128(), u32::MAX))?
+        {
+            let (k, v) = row?;
+            out.push((k.value().1, v.value()));
         }
         Ok(out)
     }
@@ -253,6 +268,7 @@ pub(super) struct Tables<'tx> {
     idempotency_keys: LazyTable<'tx, &'static str, (u128, i64)>,
     idempotency_expiry: LazyTable<'tx, (i64, &'static str), ()>,
     logs: LazyTable<'tx, (u128, u32), &'static str>,
+    log_attempts: LazyTable<'tx, (u128, u32), u32>,
     paused: LazyTable<'tx, &'static str, &'static [u8]>,
     daily: LazyTable<'tx, i64, (u64, u64)>,
     handlers: &'tx dyn Handlers,
@@ -271,6 +287,7 @@ impl<'tx> Tables<'tx> {
             idempotency_keys: LazyTable::new(tx, IDEMPOTENCY_KEYS),
             idempotency_expiry: LazyTable::new(tx, IDEMPOTENCY_EXPIRY),
             logs: LazyTable::new(tx, TASK_LOGS),
+            log_attempts: LazyTable::new(tx, TASK_LOG_ATTEMPTS),
             paused: LazyTable::new(tx, TASK_TYPES_PAUSED),
             daily: LazyTable::new(tx, TASK_DAILY),
             handlers,
@@ -339,6 +356,12 @@ impl<'tx> Tables<'tx> {
     ) -> Result<&mut Table<'tx, (u128, u32), &'static str>, QueueError> {
         self.logs.get_mut()
     }
+    /// Where each attempt's log lines begin, for writing.
+    pub(super) fn log_attempts_mut(
+        &mut self,
+    ) -> Result<&mut Table<'tx, (u128, u32), u32>, QueueError> {
+        self.log_attempts.get_mut()
+    }
     /// Paused task types, for writing.
     pub(super) fn paused_mut(
         &mut self,
@@ -382,6 +405,9 @@ macro_rules! readable_tables {
             fn logs(&self) -> Result<&impl ReadableTable<(u128, u32), &'static str>, QueueError> {
                 self.logs.get()
             }
+            fn log_attempts(&self) -> Result<&impl ReadableTable<(u128, u32), u32>, QueueError> {
+                self.log_attempts.get()
+            }
             fn paused(
                 &self,
             ) -> Result<&impl ReadableTable<&'static str, &'static [u8]>, QueueError> {
@@ -410,6 +436,7 @@ pub(super) struct ReadTables<'tx> {
     counts: LazyReadTable<'tx, (u8, &'static str), u64>,
     idempotency_keys: LazyReadTable<'tx, &'static str, (u128, i64)>,
     logs: LazyReadTable<'tx, (u128, u32), &'static str>,
+    log_attempts: LazyReadTable<'tx, (u128, u32), u32>,
     paused: LazyReadTable<'tx, &'static str, &'static [u8]>,
     daily: LazyReadTable<'tx, i64, (u64, u64)>,
     handlers: &'tx dyn Handlers,
@@ -427,6 +454,7 @@ impl<'tx> ReadTables<'tx> {
             counts: LazyReadTable::new(tx, TASK_COUNTS),
             idempotency_keys: LazyReadTable::new(tx, IDEMPOTENCY_KEYS),
             logs: LazyReadTable::new(tx, TASK_LOGS),
+            log_attempts: LazyReadTable::new(tx, TASK_LOG_ATTEMPTS),
             paused: LazyReadTable::new(tx, TASK_TYPES_PAUSED),
             daily: LazyReadTable::new(tx, TASK_DAILY),
             handlers,

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 pub use writer::{CommitObserver, TransactionHook};
 
 /// The schema version this keel writes. Files with a higher version are refused untouched.
-pub const SCHEMA_VERSION: u64 = 11;
+pub const SCHEMA_VERSION: u64 = 12;
 
 /// Errors of the store room.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -330,6 +330,7 @@ const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [
     upgrade_circuit_records,
     separate_idempotency_namespaces,
     create_security_tables,
+    create_log_attempts_table,
 ];
 
 fn create_initial_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
@@ -477,6 +478,13 @@ fn create_security_tables(tx: &WriteTransaction) -> Result<(), StoreError> {
     tx.open_table(tables::security::SECURITY_BLOCKS)?;
     tx.open_table(tables::security::SECURITY_EVENTS)?;
     tx.open_table(tables::auth::ADMIN_SESSIONS_BY_KEY)?;
+    Ok(())
+}
+
+/// Where each attempt's log lines begin. Lines written before this version belong to no
+/// attempt and are shown as one group.
+fn create_log_attempts_table(tx: &WriteTransaction) -> Result<(), StoreError> {
+    tx.open_table(tables::queue::TASK_LOG_ATTEMPTS)?;
     Ok(())
 }
 

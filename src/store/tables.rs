@@ -103,6 +103,10 @@ pub mod queue {
     /// Log lines of tasks: (task id, line number) → line.
     pub const TASK_LOGS: TableDefinition<(u128, u32), &str> = TableDefinition::new("task_logs_v1");
 
+    /// Where each attempt's log lines begin: (task id, first line number) → attempt number.
+    pub const TASK_LOG_ATTEMPTS: TableDefinition<(u128, u32), u32> =
+        TableDefinition::new("task_log_attempts_v1");
+
     /// Paused task types: task type → pause record (when, by whom). The dispatcher leases no
     /// task of a paused type.
     pub const TASK_TYPES_PAUSED: TableDefinition<&str, &[u8]> =

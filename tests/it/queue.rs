@@ -1030,6 +1030,24 @@ fn command_tasks_get_the_payload_on_stdin_and_keep_stdout_and_stderr() {
         log_lines(&app, &fails),
         vec!["about to fail", "about to fail"]
     );
+    // Each line names the attempt that wrote it, and the task page groups them so.
+    let page = app.admin_get(&format!("/api/v1/tasks/{fails}/logs")).json();
+    let attempts: Vec<&Value> = page["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["attempt"])
+        .collect();
+    assert_eq!(attempts, [&json!(1), &json!(2)], "{page}");
+    let html = crate::admin::Client::sign_in(&app.base, &app.admin_key)
+        .get(&format!("/admin/tasks/{fails}"))
+        .body;
+    let first = html.find(r#"<span class="attempt-head">Attempt 1</span>"#);
+    let second = html.find(r#"<span class="attempt-head">Attempt 2</span>"#);
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "the log is grouped by attempt: {html}"
+    );
 
     let t = wait_status(&app, &pwd, "succeeded");
     assert_eq!(t["result"], format!("{}\n", work_path.display()));

@@ -22,7 +22,7 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
 use crate::http::models::admin::{LiveTasks, TaskFragments};
-use crate::queue::{NewTask, QueueError, Status, Task, TaskFilter};
+use crate::queue::{NewTask, Queue, QueueError, Status, Task, TaskFilter};
 
 /// Tasks per page.
 const PAGE: usize = 50;
@@ -531,12 +531,45 @@ pub struct TaskPage {
     t: TaskView,
     waiting: Option<String>,
     attempts: Vec<AttemptRow>,
-    logs: Vec<(u32, String)>,
+    logs: Vec<LogRow>,
     next_line: u32,
     /// `log_from` of the previous page of log lines, when this is not the first.
     earlier_logs: Option<u32>,
     /// `log_from` of the next page, when more lines follow this page.
     later_logs: Option<u32>,
+}
+
+/// One log line on the task page, with a heading before the first line of each attempt.
+pub struct LogRow {
+    /// Line number.
+    pub n: u32,
+    /// The text.
+    pub line: String,
+    /// `Attempt 2` before an attempt's first line (`Attempt 2, continued` at the top of a page
+    /// that starts inside it).
+    pub heading: Option<String>,
+}
+
+/// The page's lines grouped by the attempt that wrote them.
+fn log_rows(lines: Vec<(u32, String)>, starts: &[(u32, u32)]) -> Vec<LogRow> {
+    let mut shown: Option<Option<u32>> = None;
+    lines
+        .into_iter()
+        .map(|(n, line)| {
+            let attempt = Queue::attempt_of_line(starts, n);
+            let heading = (shown != Some(attempt)).then(|| {
+                let first = starts.iter().any(|(from, _)| *from == n);
+                let continued = shown.is_none() && !first;
+                shown = Some(attempt);
+                match attempt {
+                    Some(a) if continued => format!("Attempt {a}, continued"),
+                    Some(a) => format!("Attempt {a}"),
+                    None => "Before attempts were recorded".to_string(),
+                }
+            });
+            LogRow { n, line, heading }
+        })
+        .collect()
 }
 
 /// Log lines shown on one task page.
@@ -572,6 +605,7 @@ pub async fn detail(
     let next_line = logs.last().map_or(log_from, |(n, _)| n + 1);
     let later_logs = more.then_some(next_line);
     let earlier_logs = (log_from > 0).then(|| log_from.saturating_sub(LOG_PAGE as u32));
+    let logs = log_rows(logs, &app.queue.log_attempts(id).await?);
     // The key that made it, by name when it is a key.
     let created_by = Uuid::parse_str(&task.created_by)
         .ok()
@@ -617,4 +651,36 @@ pub async fn cancel(
         app.dispatcher.cancel_running(id);
     }
     Ok(Redirect::to(&format!("/admin/tasks/{id}?msg=cancelled")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_rows;
+
+    #[test]
+    fn log_lines_are_grouped_under_the_attempt_that_wrote_them() {
+        let lines = |ns: &[u32]| ns.iter().map(|n| (*n, format!("l{n}"))).collect();
+        let starts = [(0, 1), (2, 2)];
+        let headings = |rows: Vec<super::LogRow>| -> Vec<(u32, Option<String>)> {
+            rows.into_iter().map(|r| (r.n, r.heading)).collect()
+        };
+        assert_eq!(
+            headings(log_rows(lines(&[0, 1, 2, 3]), &starts)),
+            [
+                (0, Some("Attempt 1".into())),
+                (1, None),
+                (2, Some("Attempt 2".into())),
+                (3, None)
+            ]
+        );
+        // A page that starts inside an attempt says so.
+        assert_eq!(
+            headings(log_rows(lines(&[3]), &starts)),
+            [(3, Some("Attempt 2, continued".into()))]
+        );
+        assert_eq!(
+            headings(log_rows(lines(&[0]), &[])),
+            [(0, Some("Before attempts were recorded".into()))]
+        );
+    }
 }

@@ -392,6 +392,8 @@ pub struct TaskLogs {
 pub struct LogLine {
     /// Its number, from 0.
     pub n: u32,
+    /// The attempt that wrote it (null for lines kept from before attempts were recorded).
+    pub attempt: Option<u32>,
     /// The text.
     pub line: String,
 }
