@@ -753,7 +753,19 @@ fn pages_show_only_the_actions_of_the_role() {
     );
 
     let forms = posts_on(operator, "/admin/dlq");
-    assert!(forms.contains(&"/admin/dlq/drain".to_string()), "{forms:?}");
+    // The drain starts with its dry run, a GET form; the drain itself is posted from there.
+    assert!(
+        operator
+            .get("/admin/dlq")
+            .body
+            .contains("id=\"drain-preview\"")
+    );
+    assert!(
+        !viewer
+            .get("/admin/dlq")
+            .body
+            .contains("id=\"drain-preview\"")
+    );
     assert!(
         forms.contains(&format!("/admin/dlq/{task}/delete")),
         "{forms:?}"
@@ -991,6 +1003,7 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
     let operator_key = app.create_key("operator");
     let operator_id = key_id_of(&operator_key);
     let op = Client::sign_in(&app.base, &operator_key);
+    let viewer = Client::sign_in(&app.base, &app.create_key("viewer"));
     let last = |app: &TestApp| audit_entries(app).pop().unwrap();
 
     // Enqueue, with a bad payload first (shown again with the problem, nothing written).
@@ -1046,11 +1059,27 @@ fn dashboard_writes_are_audited_with_the_signed_in_key() {
     // Drain: the dry run lists the dead letter and writes nothing; the drain moves it.
     let dead = dead_letter(&app);
     let before = app.audit_seq();
-    let preview = op.post(
+    let posted = op.post(
         "/admin/dlq/drain",
         &[("dry_run", "1"), ("filter_type", "doomed"), ("max", "10")],
     );
+    assert_eq!(
+        posted.status, 303,
+        "a dry run redirects to its page: {}",
+        posted.body
+    );
+    let location = posted.header("location").unwrap().to_string();
+    assert_eq!(
+        location,
+        "/admin/dlq?preview=1&filter_type=doomed&max=10#preview"
+    );
+    let preview = op.get(location.trim_end_matches("#preview"));
     assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(
+        viewer.get(location.trim_end_matches("#preview")).status,
+        403,
+        "a dry run needs an operator"
+    );
     assert!(
         preview.body.contains("Dry run: 1 task would move"),
         "{}",

@@ -4,13 +4,15 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::extract::State;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::Redirect;
 use serde::Deserialize;
 use uuid::Uuid;
 
 use super::charts::{Bar, bar_chart};
 use super::tasks::TaskRow;
-use super::{AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, count, render, seconds};
+use super::{AdminError, Ctx, Layout, PageForm, PagePath, PageQuery, count, seconds};
+use crate::auth::Role;
 use crate::http::AppState;
 use crate::queue::{Status, TaskFilter};
 
@@ -45,12 +47,15 @@ pub struct DlqPage {
     preview: Option<Preview>,
 }
 
-/// Filters of the list.
+/// Filters of the list, and the drain's dry run (`preview=1&filter_type=&max=`, operators).
 #[derive(Default, Deserialize)]
 pub struct DlqQuery {
     #[serde(rename = "type")]
     task_type: Option<String>,
     cursor: Option<String>,
+    preview: Option<String>,
+    filter_type: Option<String>,
+    max: Option<String>,
 }
 
 async fn dlq_page(
@@ -130,54 +135,29 @@ async fn dlq_page(
     })
 }
 
-/// `GET /admin/dlq`.
+/// `GET /admin/dlq`; with `preview=1`, the drain's dry run (for operators, as the API's): what
+/// a drain with `filter_type` and `max` would move, and the form that drains them. A dry run
+/// moves nothing, so reloading it repeats nothing.
 pub async fn page(
     State(app): State<AppState>,
     ctx: Ctx,
     PageQuery(q): PageQuery<DlqQuery>,
 ) -> Result<DlqPage, AdminError> {
-    dlq_page(&app, &ctx, q, None).await
-}
-
-/// The drain form: a dry run first (`dry_run=1`), then the real drain from its preview.
-#[derive(Deserialize)]
-pub struct DrainForm {
-    #[serde(default)]
-    filter_type: String,
-    max: String,
-    #[serde(default)]
-    dry_run: String,
-}
-
-/// `POST /admin/dlq/drain`: the queue room's drain (audited as `dlq.drain` when it moves tasks),
-/// as `POST /api/v1/dlq/drain` does.
-pub async fn drain(
-    State(app): State<AppState>,
-    ctx: Ctx,
-    PageForm(form): PageForm<DrainForm>,
-) -> Result<Response, AdminError> {
-    let max: usize = form.max.trim().parse().map_err(|_| {
-        AdminError::bad_request(format!("max: `{}` is not a whole number", form.max))
-    })?;
-    if !(1..=MAX_DRAIN).contains(&max) {
-        return Err(AdminError::bad_request(format!(
-            "max: must be between 1 and {MAX_DRAIN}, got {max}"
-        )));
+    if q.preview.as_deref().is_none_or(str::is_empty) {
+        return dlq_page(&app, &ctx, q, None).await;
     }
-    let filter = Some(form.filter_type.trim().to_string()).filter(|t| !t.is_empty());
-    let dry_run = !form.dry_run.is_empty() && form.dry_run != "0";
+    if ctx.principal().role < Role::Operator {
+        return Err(AdminError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a drain's dry run needs the operator role",
+        ));
+    }
+    let (filter, max) = drain_params(q.filter_type.as_deref(), q.max.as_deref().unwrap_or(""))?;
     let report = app
         .queue
-        .dlq_drain(&ctx.actor(), filter.clone(), max, dry_run)
+        .dlq_drain(&ctx.actor(), filter.clone(), max, true)
         .await?;
-    if !dry_run {
-        let msg = if report.tasks.is_empty() {
-            "drained_none"
-        } else {
-            "drained"
-        };
-        return Ok(Redirect::to(&format!("/admin/dlq?msg={msg}")).into_response());
-    }
     let now = app.clock.now_ms();
     let preview = Preview {
         filter_type: filter.unwrap_or_default(),
@@ -188,8 +168,64 @@ pub async fn drain(
             .map(|t| TaskRow::of(t, now, &app.dispatcher))
             .collect(),
     };
-    let page = dlq_page(&app, &ctx, DlqQuery::default(), Some(preview)).await?;
-    Ok(render(&page))
+    dlq_page(&app, &ctx, DlqQuery::default(), Some(preview)).await
+}
+
+/// The drain's type filter (empty: every type) and count, checked as the API checks them.
+fn drain_params(
+    filter_type: Option<&str>,
+    max: &str,
+) -> Result<(Option<String>, usize), AdminError> {
+    let count: usize = max
+        .trim()
+        .parse()
+        .map_err(|_| AdminError::bad_request(format!("max: `{max}` is not a whole number")))?;
+    if !(1..=MAX_DRAIN).contains(&count) {
+        return Err(AdminError::bad_request(format!(
+            "max: must be between 1 and {MAX_DRAIN}, got {count}"
+        )));
+    }
+    let filter = filter_type
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    Ok((filter, count))
+}
+
+/// The drain form of the preview (a dry run posted here answers 303 to the preview page).
+#[derive(Deserialize)]
+pub struct DrainForm {
+    #[serde(default)]
+    filter_type: String,
+    max: String,
+    #[serde(default)]
+    dry_run: String,
+}
+
+/// `POST /admin/dlq/drain`: the queue room's drain (audited as `dlq.drain` when it moves tasks),
+/// as `POST /api/v1/dlq/drain` does; a dry run answers 303 to its preview page.
+pub async fn drain(
+    State(app): State<AppState>,
+    ctx: Ctx,
+    PageForm(form): PageForm<DrainForm>,
+) -> Result<Redirect, AdminError> {
+    let (filter, max) = drain_params(Some(&form.filter_type), &form.max)?;
+    if !form.dry_run.is_empty() && form.dry_run != "0" {
+        return Ok(Redirect::to(&format!(
+            "/admin/dlq?preview=1&filter_type={}&max={max}#preview",
+            super::session::urlencode(filter.as_deref().unwrap_or(""))
+        )));
+    }
+    let report = app
+        .queue
+        .dlq_drain(&ctx.actor(), filter, max, false)
+        .await?;
+    let msg = if report.tasks.is_empty() {
+        "drained_none"
+    } else {
+        "drained"
+    };
+    Ok(Redirect::to(&format!("/admin/dlq?msg={msg}")))
 }
 
 /// `POST /admin/dlq/{id}/delete`: purges one dead letter (audited as `dlq.delete`).
