@@ -18,8 +18,11 @@ use super::models::cycles::{Cycle, CycleCancelled, CycleWait, Reloaded};
 use crate::cycles::CyclesError;
 use crate::queue::QueueError;
 
-/// Longest `wait_seconds` a reload accepts.
+/// Longest `wait_seconds` a reload accepts; it must also end 5 s before the server's request
+/// timeout, so the answer is the reload's own.
 const MAX_RELOAD_WAIT_SECONDS: u64 = 300;
+/// What a waiting reload leaves of the request timeout for its answer.
+const RELOAD_ANSWER_MARGIN_SECONDS: u64 = 5;
 
 /// How often a waiting reload looks again whether the cycles have ended.
 const RELOAD_POLL: Duration = Duration::from_millis(200);
@@ -63,7 +66,8 @@ pub(super) async fn cycles_cancel(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct ReloadQuery {
-    /// Wait up to this many seconds (0 to 300, default 0) for active cycles to end before
+    /// Wait up to this many seconds (default 0; at most 300 and at most
+    /// `server.request_timeout_seconds` − 5, 25 by default) for active cycles to end before
     /// answering 409 `cycle_active`.
     #[param(minimum = 0, maximum = 300)]
     wait_seconds: Option<u64>,
@@ -90,9 +94,15 @@ pub(super) async fn config_reload(
     ApiQuery(q): ApiQuery<ReloadQuery>,
 ) -> Result<Json<Reloaded>, ApiError> {
     let wait = q.wait_seconds.unwrap_or(0);
-    if wait > MAX_RELOAD_WAIT_SECONDS {
+    let most = MAX_RELOAD_WAIT_SECONDS.min(
+        app.config
+            .server
+            .request_timeout_seconds
+            .saturating_sub(RELOAD_ANSWER_MARGIN_SECONDS),
+    );
+    if wait > most {
         return Err(ApiError::bad_request(format!(
-            "wait_seconds: must be between 0 and {MAX_RELOAD_WAIT_SECONDS}, got {wait}"
+            "wait_seconds: must be between 0 and {most} (at most 300, and {RELOAD_ANSWER_MARGIN_SECONDS} s less than server.request_timeout_seconds), got {wait}"
         )));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);

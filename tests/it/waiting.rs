@@ -171,6 +171,10 @@ fn a_cycle_waiting_on_an_open_circuit_says_so_and_can_be_cancelled() {
     let r = reload("?wait_seconds=301");
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("wait_seconds"), "{}", r.body);
+    // A wait must end before the request timeout (30 s), so the answer is the reload's own.
+    let r = reload("?wait_seconds=26");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("between 0 and 25"), "{}", r.body);
     let r = reload("?wait_seconds=1");
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.error_code(), "cycle_active");
@@ -265,7 +269,7 @@ fn a_reload_waits_for_a_cycle_that_ends_within_wait_seconds() {
             receiver.release();
         });
         app.post_json(
-            "/api/v1/config/reload?wait_seconds=120",
+            "/api/v1/config/reload?wait_seconds=20",
             Some(&app.admin_key),
             &json!({}),
         )
