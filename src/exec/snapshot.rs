@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::seal::Sealer;
 use crate::config::{CircuitScope, Config, HandlerConfig};
 use crate::queue::{Handlers, Handling, Snapshot, Task};
 use crate::store::StoreError;
@@ -126,14 +127,15 @@ pub struct HttpTarget {
 }
 
 impl HttpTarget {
-    /// How a task sent to this target runs, for [`crate::queue::Queue::prepare`].
-    pub fn handling(&self) -> Handling {
+    /// How a task sent to this target runs, for [`crate::queue::Queue::prepare`], its
+    /// secrets sealed by `sealer`.
+    pub fn handling(&self, sealer: &Sealer) -> Handling {
         Handling {
             snapshot: HandlerSnapshot::Http {
                 url: self.url.clone(),
                 method: self.method.clone(),
-                token: self.token.clone(),
-                signing_secret: self.signing_secret.clone(),
+                token: self.token.as_deref().map(|t| sealer.seal(t)),
+                signing_secret: self.signing_secret.as_deref().map(|s| sealer.seal(s)),
                 target_concurrency: self.target_concurrency,
             }
             .to_snapshot(),
@@ -178,15 +180,16 @@ struct Resolved {
     max_attempts: Option<u32>,
 }
 
-/// Takes handler snapshots from the configuration for the queue.
+/// Takes handler snapshots from the configuration for the queue, their secrets sealed.
 pub struct Snapshots {
     config: Arc<Config>,
+    sealer: Arc<Sealer>,
 }
 
 impl Snapshots {
-    /// Snapshots of the handlers in `config`.
-    pub fn new(config: Arc<Config>) -> Self {
-        Snapshots { config }
+    /// Snapshots of the handlers in `config`, sealed by `sealer`.
+    pub fn new(config: Arc<Config>, sealer: Arc<Sealer>) -> Self {
+        Snapshots { config, sealer }
     }
 
     /// The handler snapshot and circuit target for a task type.
@@ -287,7 +290,7 @@ impl Handlers for Snapshots {
     fn resolve(&self, task_type: &str) -> Result<Handling, String> {
         let resolved = self.resolve_type(task_type)?;
         Ok(Handling {
-            snapshot: resolved.handler.to_snapshot(),
+            snapshot: self.sealer.seal_snapshot(&resolved.handler).to_snapshot(),
             target: resolved.target,
             timeout_s: resolved.timeout_s,
             max_attempts: resolved.max_attempts,
