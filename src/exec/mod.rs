@@ -191,8 +191,8 @@ impl Dispatcher {
         let handler = HandlerSnapshot::of(&task)
             .map_err(|e| ("unreadable_handler", e.to_string()))
             .and_then(|stored| {
-                self.sealer
-                    .unseal_snapshot(&stored)
+                stored
+                    .unsealed(&self.sealer)
                     .map_err(|e| ("unsealable_handler", e))
             });
         let handler = match handler {

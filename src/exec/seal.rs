@@ -4,19 +4,16 @@
 //!
 //! A sealed value keeps the snapshot's `String` field: `sealed:v1:<base64(nonce ‖ ciphertext)>`.
 //! A value without that prefix is a plaintext one from a record written before sealing, used as
-//! it is (and sealed in place at start, see [`reseal_stored_snapshots`]).
+//! it is (and sealed in place at start, see [`super::snapshot::reseal_stored_snapshots`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
-use super::snapshot::HandlerSnapshot;
 use crate::fsutil;
-use crate::queue::{Queue, QueueError, Snapshot};
 
 /// The sealing key's file in the data dir.
 pub const SNAPSHOT_KEY_FILE: &str = "snapshot-key";
@@ -107,29 +104,6 @@ impl Sealer {
             .map_err(|_| UnsealError)?;
         String::from_utf8(plain).map_err(|_| UnsealError)
     }
-
-    /// `handler` with every secret sealed (a workflow's steps included).
-    pub fn seal_snapshot(&self, handler: &HandlerSnapshot) -> HandlerSnapshot {
-        map_secrets(handler, &mut |s| Ok::<_, UnsealError>(self.seal(s)))
-            .expect("sealing never fails")
-    }
-
-    /// `handler` with every secret unsealed, for the executor that uses it.
-    pub fn unseal_snapshot(&self, handler: &HandlerSnapshot) -> Result<HandlerSnapshot, String> {
-        map_secrets(handler, &mut |s| self.unseal(s)).map_err(|_| {
-            "a secret of the task's handler snapshot does not unseal with this keel's snapshot key \
-             (the data dir's snapshot-key file was replaced, or the record was altered)"
-                .to_string()
-        })
-    }
-
-    /// The stored snapshot with its plaintext secrets sealed, or `None` when it holds none (or
-    /// is not a readable handler snapshot, which the executor reports when it runs).
-    fn reseal(&self, stored: &Snapshot) -> Option<Snapshot> {
-        let handler: HandlerSnapshot = stored.decode().ok()?;
-        let sealed = self.seal_snapshot(&handler);
-        (sealed != handler).then(|| sealed.to_snapshot())
-    }
 }
 
 /// Whether `value` is a sealed value.
@@ -142,100 +116,9 @@ pub fn is_sealed(value: &str) -> bool {
 #[error("a sealed secret does not open with this snapshot key")]
 pub struct UnsealError;
 
-/// `handler` with `f` applied to each of its secrets.
-fn map_secrets<E>(
-    handler: &HandlerSnapshot,
-    f: &mut impl FnMut(&str) -> Result<String, E>,
-) -> Result<HandlerSnapshot, E> {
-    let mut mapped = handler.clone();
-    match &mut mapped {
-        HandlerSnapshot::Http {
-            token,
-            signing_secret,
-            ..
-        } => {
-            map_secret(token, f)?;
-            map_secret(signing_secret, f)?;
-        }
-        HandlerSnapshot::Llm { api_key, .. } => map_secret(api_key, f)?,
-        HandlerSnapshot::Command { .. } => {}
-        HandlerSnapshot::Workflow { steps } => {
-            for step in steps {
-                step.handler = map_secrets(&step.handler, f)?;
-            }
-        }
-    }
-    Ok(mapped)
-}
-
-fn map_secret<E>(
-    value: &mut Option<String>,
-    f: &mut impl FnMut(&str) -> Result<String, E>,
-) -> Result<(), E> {
-    if let Some(secret) = value {
-        *secret = f(secret)?;
-    }
-    Ok(())
-}
-
-/// Seals the plaintext secrets that stored task records still hold (records written before
-/// snapshots were sealed), so that neither the database nor its backups carry them in clear.
-/// Returns how many records were rewritten.
-pub async fn reseal_stored_snapshots(
-    queue: &Queue,
-    sealer: &Arc<Sealer>,
-) -> Result<u64, QueueError> {
-    let sealer = Arc::clone(sealer);
-    queue
-        .rewrite_snapshots(
-            "seal snapshot secrets",
-            Arc::new(move |stored| sealer.reseal(stored)),
-        )
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::WorkflowStep;
-
-    fn http(token: &str, signing_secret: &str) -> HandlerSnapshot {
-        HandlerSnapshot::Http {
-            url: "http://127.0.0.1:9/hook".into(),
-            method: "POST".into(),
-            token: Some(token.into()),
-            signing_secret: Some(signing_secret.into()),
-            target_concurrency: 4,
-        }
-    }
-
-    fn workflow_with(step: HandlerSnapshot) -> HandlerSnapshot {
-        HandlerSnapshot::Workflow {
-            steps: vec![WorkflowStep {
-                name: "notify".into(),
-                handler_type: "hook".into(),
-                handler: step,
-                target: "http:127.0.0.1:9".into(),
-                timeout_ms: 30_000,
-                payload_template: None,
-            }],
-        }
-    }
-
-    fn secrets(handler: &HandlerSnapshot) -> Vec<String> {
-        match handler {
-            HandlerSnapshot::Http {
-                token,
-                signing_secret,
-                ..
-            } => token.iter().chain(signing_secret).cloned().collect(),
-            HandlerSnapshot::Llm { api_key, .. } => api_key.iter().cloned().collect(),
-            HandlerSnapshot::Command { .. } => Vec::new(),
-            HandlerSnapshot::Workflow { steps } => {
-                steps.iter().flat_map(|s| secrets(&s.handler)).collect()
-            }
-        }
-    }
 
     #[test]
     fn sealed_values_carry_no_plaintext_and_unseal_to_it() {
@@ -258,40 +141,6 @@ mod tests {
     }
 
     #[test]
-    fn every_secret_of_a_snapshot_is_sealed_workflow_steps_included() {
-        let sealer = Sealer::from_key([2; 32]);
-        let plain = workflow_with(http("tok-a", "whsec_b"));
-        let sealed = sealer.seal_snapshot(&plain);
-        let held = secrets(&sealed);
-        assert_eq!(held.len(), 2);
-        assert!(held.iter().all(|s| is_sealed(s)), "{held:?}");
-        assert_eq!(sealer.unseal_snapshot(&sealed).unwrap(), plain);
-    }
-
-    #[test]
-    fn a_stored_plaintext_snapshot_is_resealed_and_a_sealed_one_left_alone() {
-        let sealer = Sealer::from_key([3; 32]);
-        let plain = http("tok-SECRET-1234567", "whsec_x");
-        let resealed = sealer
-            .reseal(&plain.to_snapshot())
-            .expect("a plaintext record is rewritten");
-        let handler: HandlerSnapshot = resealed.decode().unwrap();
-        assert!(secrets(&handler).iter().all(|s| is_sealed(s)));
-        assert_eq!(sealer.unseal_snapshot(&handler).unwrap(), plain);
-        assert!(sealer.reseal(&resealed).is_none(), "already sealed");
-        let command = HandlerSnapshot::Command {
-            program: "/bin/true".into(),
-            args: Vec::new(),
-            working_dir: None,
-            env_allow: Vec::new(),
-        };
-        assert!(
-            sealer.reseal(&command.to_snapshot()).is_none(),
-            "no secrets"
-        );
-    }
-
-    #[test]
     fn a_tampered_or_foreign_sealed_value_fails_without_naming_the_secret() {
         let sealer = Sealer::from_key([4; 32]);
         let sealed = sealer.seal("tok-SECRET-1234567");
@@ -304,11 +153,6 @@ mod tests {
         assert_eq!(sealer.unseal(&tampered), Err(UnsealError));
         assert_eq!(sealer.unseal("sealed:v1:not base64!"), Err(UnsealError));
         assert_eq!(sealer.unseal("sealed:v1:AAAA"), Err(UnsealError));
-        let message = other
-            .unseal_snapshot(&http(&sealed, "whsec_plain"))
-            .unwrap_err();
-        assert!(message.contains("snapshot-key"), "{message}");
-        assert!(!message.contains("SECRET") && !message.contains("whsec_plain"));
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn plaintext_records_are_sealed_at_start() {
     assert!(token.as_deref().is_some_and(is_sealed), "{token:?}");
     assert!(signing_secret.as_deref().is_some_and(is_sealed));
     let sealer = Sealer::load_or_create(app.dir.path()).unwrap();
-    let HandlerSnapshot::Http { token, .. } = sealer.unseal_snapshot(&handler).unwrap() else {
+    let HandlerSnapshot::Http { token, .. } = handler.unsealed(&sealer).unwrap() else {
         panic!("an http snapshot");
     };
     assert_eq!(token.as_deref(), Some(TOKEN));
