@@ -54,7 +54,7 @@ pub use operations::{
     DeadFilter, RETRY_BATCH_MAX, RetryBatch, SEARCH_SCAN_MAX, ScheduledPage, SearchPage,
     SearchQuery,
 };
-pub use snapshots::{SNAPSHOT_REWRITE_BATCH, SnapshotRewrite};
+pub use snapshots::SnapshotRewrite;
 
 /// Errors of the queue room.
 #[derive(Debug, thiserror::Error)]
