@@ -14,6 +14,8 @@ use crate::config::Config;
 use crate::cycles::{CycleWorker, Cycles, CyclesError};
 use crate::events::EventBus;
 use crate::exec::circuit::Circuits;
+use crate::exec::seal::{SealKeyError, Sealer};
+use crate::exec::snapshot::reseal_stored_snapshots;
 use crate::exec::workflow::CheckpointCleanup;
 use crate::exec::{DispatchWorker, Dispatcher, Snapshots};
 use crate::http::HttpState;
@@ -54,6 +56,9 @@ pub enum StartError {
     /// The profile files are invalid (every problem is listed), or cycles could not start.
     #[error(transparent)]
     Cycles(#[from] CyclesError),
+    /// The snapshot sealing key is unusable.
+    #[error(transparent)]
+    SealKey(#[from] SealKeyError),
     /// Signal handlers could not be installed.
     #[error("cannot listen for shutdown signals: {0}")]
     Signals(std::io::Error),
@@ -99,6 +104,8 @@ pub struct Core {
     pub inbox: Arc<Inbox>,
     /// LLM budgets and the cost ledger.
     pub budgets: Arc<Budgets>,
+    /// Seals the secrets of handler snapshots.
+    pub sealer: Arc<Sealer>,
 }
 
 impl Core {
@@ -152,6 +159,7 @@ impl Core {
             hash_key,
             Arc::clone(&events),
         )?);
+        let sealer = Arc::new(Sealer::load_or_create(&data_dir)?);
         let config = Arc::new(config);
         let queue = Arc::new(Queue::new(
             Arc::clone(&store),
@@ -159,7 +167,7 @@ impl Core {
             Arc::clone(&clock),
             Arc::clone(&config),
             Arc::clone(&events),
-            Arc::new(Snapshots::new(Arc::clone(&config))),
+            Arc::new(Snapshots::new(Arc::clone(&config), Arc::clone(&sealer))),
             Arc::new(CheckpointCleanup),
         ));
         let circuits = Arc::new(Circuits::load(
@@ -197,6 +205,7 @@ impl Core {
             circuits,
             inbox,
             budgets,
+            sealer,
         })
     }
 }
@@ -267,6 +276,13 @@ impl App {
                 "tasks were running when keel last stopped; they run again"
             );
         }
+        let resealed = reseal_stored_snapshots(&core.queue, &core.sealer).await?;
+        if resealed > 0 {
+            tracing::info!(
+                tasks = resealed,
+                "sealed the secrets that older task records held in clear"
+            );
+        }
         let dispatcher = Dispatcher::new(
             Arc::clone(&core.queue),
             Arc::clone(&core.circuits),
@@ -276,6 +292,7 @@ impl App {
             Arc::clone(&core.budgets),
             Arc::clone(&core.store),
             Arc::clone(&core.events),
+            Arc::clone(&core.sealer),
         );
         let cycles = Cycles::open(
             Arc::clone(&core.store),
@@ -284,6 +301,7 @@ impl App {
             Arc::clone(&core.config),
             Arc::clone(&core.queue),
             Arc::clone(&core.events),
+            Arc::clone(&core.sealer),
             profiles,
         )
         .await?;
@@ -309,6 +327,7 @@ impl App {
             circuits,
             inbox,
             budgets,
+            sealer: _,
         } = core;
         let app = Arc::new(App {
             state: Arc::new(HttpState {

@@ -43,6 +43,7 @@ use crate::audit::{Audit, Event, SYSTEM_ACTOR};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::events::{self, EventBus};
+use crate::exec::seal::Sealer;
 use crate::queue::{Queue, QueueError};
 use crate::schedule::CronSchedule;
 use crate::store::codec;
@@ -138,6 +139,8 @@ pub struct Cycles {
     config: Arc<Config>,
     queue: Arc<Queue>,
     events: Arc<EventBus>,
+    /// Seals the secrets of dispatch tasks' snapshots.
+    sealer: Arc<Sealer>,
     profiles: RwLock<Arc<ProfileSet>>,
     /// Held for writing by reloads and profile mutations, for reading while cycles are
     /// created, so neither sees the other half done.
@@ -166,7 +169,9 @@ pub struct Cycles {
 impl Cycles {
     /// Takes the profiles loaded by [`profiles::load`] (before anything else was opened, so
     /// invalid files change nothing), records their versions, and returns the room. Stages
-    /// reached, cycles finished and reloads are published on `events`.
+    /// reached, cycles finished and reloads are published on `events`; the secrets of dispatch
+    /// tasks are sealed by `sealer`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         store: Arc<Store>,
         audit: Arc<Audit>,
@@ -174,6 +179,7 @@ impl Cycles {
         config: Arc<Config>,
         queue: Arc<Queue>,
         events: Arc<EventBus>,
+        sealer: Arc<Sealer>,
         set: ProfileSet,
     ) -> Result<Arc<Cycles>, CyclesError> {
         let raw_schedule = config.cycles.raw_schedule().map_err(CyclesError::Invalid)?;
@@ -188,6 +194,7 @@ impl Cycles {
             config,
             queue,
             events,
+            sealer,
             profiles: RwLock::new(Arc::new(ProfileSet::default())),
             gate: tokio::sync::RwLock::new(()),
             decisions: tokio::sync::Mutex::new(()),

@@ -446,7 +446,7 @@ impl Cycles {
                 SYSTEM_ACTOR,
                 dispatch_task_id(run.id, endpoint),
                 &new,
-                Some(http.handling()),
+                Some(http.handling(&self.sealer)),
             ) {
                 Ok(t) => t,
                 Err(QueueError::Invalid(why)) => {

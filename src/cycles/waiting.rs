@@ -293,6 +293,7 @@ mod tests {
         let store =
             Arc::new(Store::open(&config.database_path(), StoreOptions::default()).unwrap());
         let audit = Arc::new(crate::audit::Audit::load_or_create(&config.data_dir, 1000).unwrap());
+        let sealer = Arc::new(crate::exec::seal::Sealer::from_key([7; 32]));
         let clock: SharedClock = Arc::new(ManualClock::new(1_767_225_600_000));
         let config = Arc::new(config);
         let bus = Arc::new(EventBus::new(bus_capacity, &Metrics::new("test")));
@@ -302,12 +303,24 @@ mod tests {
             Arc::clone(&clock),
             Arc::clone(&config),
             Arc::clone(&bus),
-            Arc::new(crate::exec::Snapshots::new(Arc::clone(&config))),
+            Arc::new(crate::exec::Snapshots::new(
+                Arc::clone(&config),
+                Arc::clone(&sealer),
+            )),
             Arc::new(crate::exec::workflow::CheckpointCleanup),
         ));
-        let mut cycles = Cycles::open(store, audit, clock, config, Arc::clone(&queue), bus, set)
-            .await
-            .unwrap();
+        let mut cycles = Cycles::open(
+            store,
+            audit,
+            clock,
+            config,
+            Arc::clone(&queue),
+            bus,
+            sealer,
+            set,
+        )
+        .await
+        .unwrap();
         Arc::get_mut(&mut cycles).expect("not shared yet").fallback = Fallback {
             first: HOUR,
             max: HOUR,

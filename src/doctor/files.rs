@@ -6,6 +6,7 @@ use std::path::Path;
 use super::{Check, DISK_FAIL_BYTES, DISK_WARN_BYTES, Status};
 use crate::audit::SIGNING_KEY_FILE;
 use crate::auth::{INITIAL_ADMIN_KEY_FILE, KEY_HASH_SECRET_FILE};
+use crate::exec::seal::SNAPSHOT_KEY_FILE;
 
 pub(super) fn uid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -146,6 +147,7 @@ pub(super) fn check_secret_files(dir: &Path, dir_exists: bool) -> Check {
     for file in [
         SIGNING_KEY_FILE,
         KEY_HASH_SECRET_FILE,
+        SNAPSHOT_KEY_FILE,
         INITIAL_ADMIN_KEY_FILE,
     ] {
         let path = dir.join(file);

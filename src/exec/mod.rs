@@ -13,6 +13,7 @@ pub mod http;
 pub mod llm;
 pub mod model;
 pub mod orphans;
+pub mod seal;
 pub mod snapshot;
 pub mod stderr;
 mod tables;
@@ -43,6 +44,7 @@ use http::HttpExecutor;
 use llm::LlmExecutor;
 use workflow::{StepRunner, WorkflowExecutor};
 
+use seal::Sealer;
 pub use snapshot::{
     HandlerSnapshot, HttpTarget, Snapshots, WorkflowStep, http_circuit_target, url_host,
 };
@@ -64,6 +66,7 @@ pub struct Dispatcher {
     cancels: Mutex<HashMap<Uuid, CancellationToken>>,
     tracker: TaskTracker,
     interrupt: CancellationToken,
+    sealer: Arc<Sealer>,
 }
 
 impl Dispatcher {
@@ -78,6 +81,7 @@ impl Dispatcher {
         budgets: Arc<Budgets>,
         store: Arc<crate::store::Store>,
         events: Arc<EventBus>,
+        sealer: Arc<Sealer>,
     ) -> Arc<Dispatcher> {
         let result_max = config.queue.result_max_bytes;
         Arc::new(Dispatcher {
@@ -101,6 +105,7 @@ impl Dispatcher {
             cancels: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             interrupt: CancellationToken::new(),
+            sealer,
         })
     }
 
@@ -183,12 +188,19 @@ impl Dispatcher {
 
     async fn execute(&self, task: Task) {
         let started = Instant::now();
-        let handler = match HandlerSnapshot::of(&task) {
+        let handler = HandlerSnapshot::of(&task)
+            .map_err(|e| ("unreadable_handler", e.to_string()))
+            .and_then(|stored| {
+                stored
+                    .unsealed(&self.sealer)
+                    .map_err(|e| ("unsealable_handler", e))
+            });
+        let handler = match handler {
             Ok(handler) => handler,
-            Err(e) => {
+            Err((class, message)) => {
                 let outcome = Outcome::Fail {
-                    class: "unreadable_handler".into(),
-                    message: e.to_string(),
+                    class: class.into(),
+                    message,
                     receipt: None,
                 };
                 self.observe(&task, &outcome, started.elapsed());

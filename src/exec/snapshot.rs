@@ -1,14 +1,18 @@
 //! Handler snapshots: how a task runs, copied from the configuration when it is enqueued so that
 //! later configuration changes never alter it. The queue keeps a snapshot as an opaque record
 //! in the task ([`crate::queue::Snapshot`]); this room takes it ([`Snapshots`], wired into the
-//! queue at assembly), reads it back ([`HandlerSnapshot::of`]) and runs it.
+//! queue at assembly), reads it back ([`HandlerSnapshot::of`]) and runs it. Its secrets are
+//! stored sealed ([`HandlerSnapshot::sealed`], see [`super::seal`]) and unsealed only for the
+//! executor about to use them ([`HandlerSnapshot::unsealed`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::seal::Sealer;
 use crate::config::{CircuitScope, Config, HandlerConfig};
-use crate::queue::{Handlers, Handling, Snapshot, Task};
+use crate::queue::{Handlers, Handling, Queue, QueueError, Snapshot, Task};
 use crate::store::StoreError;
 use crate::store::codec::Record;
 
@@ -86,6 +90,86 @@ impl HandlerSnapshot {
     pub fn to_snapshot(&self) -> Snapshot {
         Snapshot::encode(self)
     }
+
+    /// The snapshot with every secret sealed by `sealer` (a workflow's steps included), as it
+    /// is stored.
+    pub fn sealed(&self, sealer: &Sealer) -> HandlerSnapshot {
+        match map_secrets(self, &mut |s| Ok::<_, Infallible>(sealer.seal(s))) {
+            Ok(sealed) => sealed,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The snapshot with every secret unsealed by `sealer`, for the executor about to use it.
+    /// The error names no secret.
+    pub fn unsealed(&self, sealer: &Sealer) -> Result<HandlerSnapshot, String> {
+        map_secrets(self, &mut |s| sealer.unseal(s)).map_err(|_| {
+            "a secret of the task's handler snapshot does not unseal with this keel's snapshot key \
+             (the data dir's snapshot-key file was replaced, or the record was altered)"
+                .to_string()
+        })
+    }
+}
+
+/// `handler` with `f` applied to each of its secrets.
+fn map_secrets<E>(
+    handler: &HandlerSnapshot,
+    f: &mut impl FnMut(&str) -> Result<String, E>,
+) -> Result<HandlerSnapshot, E> {
+    let mut mapped = handler.clone();
+    match &mut mapped {
+        HandlerSnapshot::Http {
+            token,
+            signing_secret,
+            ..
+        } => {
+            map_secret(token, f)?;
+            map_secret(signing_secret, f)?;
+        }
+        HandlerSnapshot::Llm { api_key, .. } => map_secret(api_key, f)?,
+        HandlerSnapshot::Command { .. } => {}
+        HandlerSnapshot::Workflow { steps } => {
+            for step in steps {
+                step.handler = map_secrets(&step.handler, f)?;
+            }
+        }
+    }
+    Ok(mapped)
+}
+
+/// `value`'s secret, when it holds one, replaced by what `f` makes of it.
+fn map_secret<E>(
+    value: &mut Option<String>,
+    f: &mut impl FnMut(&str) -> Result<String, E>,
+) -> Result<(), E> {
+    if let Some(secret) = value {
+        *secret = f(secret)?;
+    }
+    Ok(())
+}
+
+/// The stored snapshot with its plaintext secrets sealed, or `None` when it holds none (or is
+/// not a readable handler snapshot, which the executor reports when it runs).
+fn reseal(sealer: &Sealer, stored: &Snapshot) -> Option<Snapshot> {
+    let handler: HandlerSnapshot = stored.decode().ok()?;
+    let sealed = handler.sealed(sealer);
+    (sealed != handler).then(|| sealed.to_snapshot())
+}
+
+/// Seals the plaintext secrets that stored task records still hold (records written before
+/// snapshots were sealed), so that neither the database nor its backups carry them in clear.
+/// Returns how many records were rewritten.
+pub async fn reseal_stored_snapshots(
+    queue: &Queue,
+    sealer: &Arc<Sealer>,
+) -> Result<u64, QueueError> {
+    let sealer = Arc::clone(sealer);
+    queue
+        .rewrite_snapshots(
+            "seal snapshot secrets",
+            Arc::new(move |stored| reseal(&sealer, stored)),
+        )
+        .await
 }
 
 /// One step of a workflow, snapshotted at enqueue like any handler.
@@ -126,14 +210,15 @@ pub struct HttpTarget {
 }
 
 impl HttpTarget {
-    /// How a task sent to this target runs, for [`crate::queue::Queue::prepare`].
-    pub fn handling(&self) -> Handling {
+    /// How a task sent to this target runs, for [`crate::queue::Queue::prepare`], its
+    /// secrets sealed by `sealer`.
+    pub fn handling(&self, sealer: &Sealer) -> Handling {
         Handling {
             snapshot: HandlerSnapshot::Http {
                 url: self.url.clone(),
                 method: self.method.clone(),
-                token: self.token.clone(),
-                signing_secret: self.signing_secret.clone(),
+                token: self.token.as_deref().map(|t| sealer.seal(t)),
+                signing_secret: self.signing_secret.as_deref().map(|s| sealer.seal(s)),
                 target_concurrency: self.target_concurrency,
             }
             .to_snapshot(),
@@ -178,15 +263,16 @@ struct Resolved {
     max_attempts: Option<u32>,
 }
 
-/// Takes handler snapshots from the configuration for the queue.
+/// Takes handler snapshots from the configuration for the queue, their secrets sealed.
 pub struct Snapshots {
     config: Arc<Config>,
+    sealer: Arc<Sealer>,
 }
 
 impl Snapshots {
-    /// Snapshots of the handlers in `config`.
-    pub fn new(config: Arc<Config>) -> Self {
-        Snapshots { config }
+    /// Snapshots of the handlers in `config`, sealed by `sealer`.
+    pub fn new(config: Arc<Config>, sealer: Arc<Sealer>) -> Self {
+        Snapshots { config, sealer }
     }
 
     /// The handler snapshot and circuit target for a task type.
@@ -287,7 +373,7 @@ impl Handlers for Snapshots {
     fn resolve(&self, task_type: &str) -> Result<Handling, String> {
         let resolved = self.resolve_type(task_type)?;
         Ok(Handling {
-            snapshot: resolved.handler.to_snapshot(),
+            snapshot: resolved.handler.sealed(&self.sealer).to_snapshot(),
             target: resolved.target,
             timeout_s: resolved.timeout_s,
             max_attempts: resolved.max_attempts,
@@ -305,6 +391,7 @@ impl Handlers for Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::seal::is_sealed;
 
     #[test]
     fn hosts_are_extracted() {
@@ -330,5 +417,86 @@ mod tests {
                 .decode::<HandlerSnapshot>()
                 .is_err()
         );
+    }
+
+    fn http(token: &str, signing_secret: &str) -> HandlerSnapshot {
+        HandlerSnapshot::Http {
+            url: "http://127.0.0.1:9/hook".into(),
+            method: "POST".into(),
+            token: Some(token.into()),
+            signing_secret: Some(signing_secret.into()),
+            target_concurrency: 4,
+        }
+    }
+
+    fn workflow_with(step: HandlerSnapshot) -> HandlerSnapshot {
+        HandlerSnapshot::Workflow {
+            steps: vec![WorkflowStep {
+                name: "notify".into(),
+                handler_type: "hook".into(),
+                handler: step,
+                target: "http:127.0.0.1:9".into(),
+                timeout_ms: 30_000,
+                payload_template: None,
+            }],
+        }
+    }
+
+    fn secrets(handler: &HandlerSnapshot) -> Vec<String> {
+        match handler {
+            HandlerSnapshot::Http {
+                token,
+                signing_secret,
+                ..
+            } => token.iter().chain(signing_secret).cloned().collect(),
+            HandlerSnapshot::Llm { api_key, .. } => api_key.iter().cloned().collect(),
+            HandlerSnapshot::Command { .. } => Vec::new(),
+            HandlerSnapshot::Workflow { steps } => {
+                steps.iter().flat_map(|s| secrets(&s.handler)).collect()
+            }
+        }
+    }
+
+    #[test]
+    fn every_secret_of_a_snapshot_is_sealed_workflow_steps_included() {
+        let sealer = Sealer::from_key([2; 32]);
+        let plain = workflow_with(http("tok-a", "whsec_b"));
+        let sealed = plain.sealed(&sealer);
+        let held = secrets(&sealed);
+        assert_eq!(held.len(), 2);
+        assert!(held.iter().all(|s| is_sealed(s)), "{held:?}");
+        assert_eq!(sealed.unsealed(&sealer).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_stored_plaintext_snapshot_is_resealed_and_a_sealed_one_left_alone() {
+        let sealer = Sealer::from_key([3; 32]);
+        let plain = http("tok-SECRET-1234567", "whsec_x");
+        let resealed =
+            reseal(&sealer, &plain.to_snapshot()).expect("a plaintext record is rewritten");
+        let handler: HandlerSnapshot = resealed.decode().unwrap();
+        assert!(secrets(&handler).iter().all(|s| is_sealed(s)));
+        assert_eq!(handler.unsealed(&sealer).unwrap(), plain);
+        assert!(reseal(&sealer, &resealed).is_none(), "already sealed");
+        let command = HandlerSnapshot::Command {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            working_dir: None,
+            env_allow: Vec::new(),
+        };
+        assert!(
+            reseal(&sealer, &command.to_snapshot()).is_none(),
+            "no secrets"
+        );
+    }
+
+    #[test]
+    fn an_unsealable_snapshot_fails_without_naming_the_secret() {
+        let sealed = Sealer::from_key([4; 32]).seal("tok-SECRET-1234567");
+        let message = http(&sealed, "whsec_plain")
+            .unsealed(&Sealer::from_key([5; 32]))
+            .unwrap_err();
+        assert!(message.contains("snapshot-key"), "{message}");
+        assert!(!message.contains("SECRET") && !message.contains("whsec_plain"));
     }
 }

@@ -24,6 +24,7 @@ mod lease;
 mod maintenance;
 pub mod model;
 mod operations;
+mod snapshots;
 mod tables;
 mod task_types;
 
@@ -53,6 +54,7 @@ pub use operations::{
     DeadFilter, RETRY_BATCH_MAX, RetryBatch, SEARCH_SCAN_MAX, ScheduledPage, SearchPage,
     SearchQuery,
 };
+pub use snapshots::SnapshotRewrite;
 
 /// Errors of the queue room.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@ mod receiver;
 mod records;
 mod retention;
 mod roles;
+mod sealing;
 mod security;
 mod support;
 mod tamper;
