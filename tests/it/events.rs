@@ -181,25 +181,29 @@ fn circuit_changes_are_announced_once_stored() {
     let mut sub = app.app.events.subscribe();
     let id = submit(&app, "notify");
 
-    let opened = |e: &Event| matches!(e, Event::CircuitOpened { .. });
-    let (event, stored) = on_event(&app, &mut sub, opened, async |app, e| {
-        (e, stored_circuit(app, &target))
-    });
-    assert_eq!(
-        *event,
-        Event::CircuitOpened {
-            target: target.clone()
+    // The circuit's opening and the task's retry are two writes; either may commit first. The
+    // circuit is read the moment its event arrives.
+    let mut stored = None;
+    let mut due_ms = None;
+    while stored.is_none() || due_ms.is_none() {
+        let wanted = |e: &Event| {
+            matches!(e, Event::CircuitOpened { .. })
+                || matches!(e, Event::TaskRetried { task_id, .. } if *task_id == id)
+        };
+        let (event, circuit) = on_event(&app, &mut sub, wanted, async |app, e| {
+            (e, stored_circuit(app, &target))
+        });
+        match &*event {
+            Event::CircuitOpened { target: opened } => {
+                assert_eq!(opened, &target);
+                stored = Some(circuit.expect("the open circuit is stored"));
+            }
+            Event::TaskRetried { due_ms: due, .. } => due_ms = Some(*due),
+            other => unreachable!("{other:?}"),
         }
-    );
-    let stored = stored.expect("the open circuit is stored");
+    }
+    let (stored, due_ms) = (stored.unwrap(), due_ms.unwrap());
     assert_eq!(stored.state, "open");
-    // The breaker hears of the attempt before the queue does: wait for the retry's due time.
-    let retried =
-        move |e: &Event| matches!(e, Event::TaskRetried { task_id, .. } if *task_id == id);
-    let due_ms = on_event(&app, &mut sub, retried, async |_, e| match *e {
-        Event::TaskRetried { due_ms, .. } => due_ms,
-        _ => unreachable!(),
-    });
 
     receiver.set_mode(Mode::Ok);
     app.clock
